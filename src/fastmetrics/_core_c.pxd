@@ -1,0 +1,40 @@
+# Public C-level API of fastmetrics (``cimport fastmetrics._core_c``).
+#
+# A Cython module takes a reference to a counter child or enum child while it
+# holds the GIL, then counts without the GIL:
+#
+#     from fastmetrics._core_c cimport CounterCore, EnumCore, counter_add, enum_set
+#
+#     cdef CounterCore c = my_counter.labels("parsed")   # keeps the child alive
+#     with nogil:
+#         for i in range(n):
+#             counter_add(c, 1.0)
+#
+# The reference keeps the metric alive: after ``remove()``/``clear()`` the
+# child is no longer exported, and counts made through it go to that removed
+# child, never to freed memory.
+
+cdef class MetricCore:
+    cdef object _metrics_map          # dict: label values -> child (parents only)
+    cdef object _single_map           # dict: value -> child, for one-label parents
+    cdef Py_ssize_t _nlabels
+
+
+cdef class CounterCore(MetricCore):
+    cdef Py_ssize_t _slot             # -1 for a labelled parent (not observable)
+    cdef double _baseline             # subtracted after reset()
+    cdef int _add(self, object amount) except -1
+
+
+cdef class EnumCore(MetricCore):
+    cdef Py_ssize_t _index            # the state word; relaxed atomic
+    cdef Py_ssize_t _nstates
+    cdef object _state_index          # dict: state -> index
+    cdef object _states_list
+    cdef int _set(self, object state) except -1
+
+
+# Exported through Cython's C-API table: a cimporting module calls these
+# through a function pointer into this module's shard store.
+cdef int counter_add(CounterCore counter, double amount) noexcept nogil
+cdef int enum_set(EnumCore enum, Py_ssize_t index) noexcept nogil

@@ -1,0 +1,398 @@
+# cython: language_level=3, freethreading_compatible=True
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Hot path of fastmetrics in C: per-thread counter shards and enum words.
+
+See ``_shards.h`` for the memory model.  The classes here are bases: the
+prometheus_client-compatible behaviour (naming, validation, registration,
+exposition) lives in :mod:`fastmetrics.metrics`, shared with the pure-Python
+twin :mod:`fastmetrics._core_py`, which has the same API and semantics.
+"""
+import os
+
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_AsDouble, PyLong_AsSsize_t, PyLong_Check
+from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_CheckExact
+
+
+cdef extern from "_shards.h":
+    ctypedef struct fm_stats_t:
+        Py_ssize_t shards_total, shards_live, chunks, slots_used, slots_free
+    Py_ssize_t FM_MAX_SLOTS
+    Py_ssize_t FM_CHUNK_SLOTS
+    int fm_init()
+    int fm_add(Py_ssize_t slot, double amount) nogil
+    double fm_fold(Py_ssize_t slot) nogil
+    Py_ssize_t fm_slot_alloc() nogil
+    void fm_slot_free(Py_ssize_t slot) nogil
+    void fm_before_fork() nogil
+    void fm_after_fork_parent() nogil
+    void fm_after_fork_child() nogil
+    fm_stats_t fm_stats() nogil
+    Py_ssize_t fm_load_ssize(const Py_ssize_t *p) nogil
+    void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
+    double fm_load_double(const double *p) nogil
+    void fm_store_double(double *p, double v) nogil
+
+
+cdef extern from *:
+    """
+    /* New reference to d[key], a new reference to None when missing, NULL on
+     * error.  Uses PyDict_GetItemRef where it exists: a borrowed reference is
+     * not safe against a concurrent delete on free-threaded builds. */
+    static PyObject *fm_dict_get(PyObject *d, PyObject *key) {
+    #if PY_VERSION_HEX >= 0x030D0000
+        PyObject *res = NULL;
+        int rc = PyDict_GetItemRef(d, key, &res);
+        if (rc < 0) return NULL;
+        if (rc == 0) { Py_INCREF(Py_None); return Py_None; }
+        return res;
+    #else
+        PyObject *res = PyDict_GetItemWithError(d, key);
+        if (res == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            res = Py_None;
+        }
+        Py_INCREF(res);
+        return res;
+    #endif
+    }
+
+    /* labels(): METH_FASTCALL|METH_KEYWORDS entry point forwarding to a Cython
+     * function, installed into MetricCore's type dict at import. */
+    typedef PyObject *(*fm_fastcall_impl)(PyObject *, PyObject **, Py_ssize_t, PyObject *);
+    static fm_fastcall_impl fm_labels_impl = NULL;
+
+    static PyObject *fm_labels_fastcall(PyObject *self, PyObject *const *args,
+                                        Py_ssize_t nargs, PyObject *kwnames) {
+        return fm_labels_impl(self, (PyObject **)args, nargs, kwnames ? kwnames : Py_None);
+    }
+
+    static PyMethodDef fm_labels_def = {
+        "labels", (PyCFunction)(void (*)(void))fm_labels_fastcall, METH_FASTCALL | METH_KEYWORDS,
+        "Return the child for the given labelset, creating it on first use. "
+        "A hit with str values is one dict lookup, lock-free."
+    };
+
+    static int fm_install_labels(PyObject *type, fm_fastcall_impl impl) {
+        PyObject *descr;
+        fm_labels_impl = impl;
+        descr = PyDescr_NewMethod((PyTypeObject *)type, &fm_labels_def);
+        if (descr == NULL) return -1;
+        if (PyDict_SetItemString(((PyTypeObject *)type)->tp_dict, "labels", descr) < 0) {
+            Py_DECREF(descr);
+            return -1;
+        }
+        Py_DECREF(descr);
+        PyType_Modified((PyTypeObject *)type);
+        return 0;
+    }
+
+    static PyObject *fm_tuple_from_array(PyObject **items, Py_ssize_t n) {
+        Py_ssize_t i;
+        PyObject *t = PyTuple_New(n);
+        if (t == NULL) return NULL;
+        for (i = 0; i < n; i++) {
+            Py_INCREF(items[i]);
+            PyTuple_SET_ITEM(t, i, items[i]);
+        }
+        return t;
+    }
+    """
+    object fm_dict_get(object d, object key)
+    ctypedef object (*fm_fastcall_impl)(object, PyObject **, Py_ssize_t, object)
+    int fm_install_labels(object type, fm_fastcall_impl impl) except -1
+    tuple fm_tuple_from_array(PyObject **items, Py_ssize_t n)
+
+
+implementation = "cython"
+MAX_SLOTS = FM_MAX_SLOTS
+
+cdef str _NEGATIVE = "Counters can only be incremented by non-negative amounts."
+
+if fm_init() != 0:
+    raise ImportError("fastmetrics: cannot create the thread-exit hook for shards")
+
+
+cdef inline double _amount(object amount) except? -1.0:
+    """Validated increment as a double; ValueError/TypeError as prometheus_client."""
+    cdef double a
+    if PyFloat_CheckExact(amount):
+        a = PyFloat_AS_DOUBLE(amount)
+    elif PyLong_Check(amount):             # int, bool, IntEnum
+        a = PyLong_AsDouble(amount)        # OverflowError beyond float range
+    else:
+        if amount < 0:                     # TypeError for non-numbers, as upstream
+            raise ValueError(_NEGATIVE)
+        a = float(amount)
+    if not (a >= 0.0):                     # negative, or NaN (would poison the total)
+        raise ValueError(_NEGATIVE)
+    return a
+
+
+cdef class MetricCore:
+    """Label-child cache shared by counters and enums.
+
+    ``labels(*values)`` with exact ``str`` values that name an existing child
+    is one dict lookup, without a lock; everything else (kwargs, conversion,
+    errors, creating a child) goes to ``self._labels_slow``.  Thread-safe.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._metrics_map = None
+        self._single_map = None
+        self._nlabels = 0
+
+    def _init_parent(self, Py_ssize_t nlabels):
+        """Make this a labelled parent: an empty child map, no value of its own."""
+        self._metrics_map = {}
+        self._single_map = {} if nlabels == 1 else None
+        self._nlabels = nlabels
+
+    def _child_added(self, key, child):
+        """Record a new child (caller holds the children lock)."""
+        self._metrics_map[key] = child
+        if self._single_map is not None:
+            self._single_map[key[0]] = child
+
+    def _child_removed(self, key):
+        """Forget a child (caller holds the children lock)."""
+        if self._single_map is not None:
+            self._single_map.pop(key[0], None)
+        self._metrics_map.pop(key, None)
+
+    def _children_cleared(self):
+        """Forget every child (caller holds the children lock)."""
+        if self._single_map is not None:
+            self._single_map.clear()
+        self._metrics_map.clear()
+
+    @property
+    def _metrics(self):
+        if self._metrics_map is None:
+            raise AttributeError("_metrics")
+        return self._metrics_map
+
+    # labels() is installed below as a METH_FASTCALL method (_labels_fastcall):
+    # Cython would compile *args/**kwargs as METH_VARARGS and allocate an
+    # empty kwargs dict on every call.
+
+
+cdef object _labels_impl(object self, PyObject **args, Py_ssize_t nargs, object kwnames):
+    cdef MetricCore metric = <MetricCore>self
+    cdef Py_ssize_t i
+    if kwnames is None and metric._metrics_map is not None and nargs == metric._nlabels:
+        if nargs == 1:
+            if PyUnicode_CheckExact(<object>args[0]):
+                child = fm_dict_get(metric._single_map, <object>args[0])
+                if child is not None:
+                    return child
+        else:
+          for i in range(nargs):
+            if not PyUnicode_CheckExact(<object>args[i]):
+                break
+          else:
+            child = fm_dict_get(metric._metrics_map, fm_tuple_from_array(args, nargs))
+            if child is not None:
+                return child
+    kwargs = {}
+    if kwnames is not None:
+        for i in range(len(kwnames)):
+            kwargs[kwnames[i]] = <object>args[nargs + i]
+    return self._labels_slow(fm_tuple_from_array(args, nargs), kwargs)
+
+
+fm_install_labels(MetricCore, _labels_impl)
+
+
+cdef class CounterCore(MetricCore):
+    """A counter value: one slot, summed over every thread's shard on read.
+
+    ``inc`` is lock-free and O(1); ``_get`` is O(threads ever live at once).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._slot = -1
+        self._baseline = 0.0
+
+    def __dealloc__(self):
+        if self._slot >= 0:
+            fm_slot_free(self._slot)
+            self._slot = -1
+
+    def _init_value(self):
+        """Give this counter (unlabelled, or a child) its slot, starting at 0."""
+        if self._slot >= 0:
+            return
+        slot = fm_slot_alloc()
+        if slot < 0:
+            raise MemoryError(f"fastmetrics: all {FM_MAX_SLOTS} counter slots are in use")
+        self._slot = slot
+
+    cdef int _add(self, object amount) except -1:
+        cdef double a
+        if self._slot < 0:
+            raise ValueError(f"{self._type} metric is missing label values")
+        a = _amount(amount)
+        if fm_add(self._slot, a) < 0:
+            raise MemoryError()
+        return 0
+
+    def inc(self, amount=1, exemplar=None):
+        """Increment by ``amount`` (int, float or bool, >= 0). Lock-free."""
+        self._add(amount)
+        if exemplar:
+            self._set_exemplar(exemplar, amount)
+
+    def _get(self):
+        """The current total (after the last reset)."""
+        if self._slot < 0:
+            return 0.0
+        return fm_fold(self._slot) - fm_load_double(&self._baseline)
+
+    def _reset_value(self):
+        """Restart from zero: later reads subtract today's total."""
+        if self._slot >= 0:
+            fm_store_double(&self._baseline, fm_fold(self._slot))
+
+
+cdef class EnumCore(MetricCore):
+    """An enum value: one word holding the index of the current state.
+
+    ``state(s)`` is a dict lookup and a relaxed atomic store. Lock-free.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._index = 0
+        self._nstates = -1
+        self._state_index = None
+        self._states_list = None
+
+    def _init_value(self, states):
+        """Make this enum observable over ``states`` (declaration order), at state 0."""
+        self._states_list = list(states)
+        self._state_index = {}
+        for i, s in enumerate(self._states_list):
+            try:
+                self._state_index.setdefault(s, i)   # first match, as list.index
+            except TypeError:                        # unhashable: slow path finds it
+                pass
+        self._nstates = len(self._states_list)
+
+    cdef int _set(self, object state) except -1:
+        if self._nstates < 0:
+            raise ValueError(f"{self._type} metric is missing label values")
+        try:
+            index = fm_dict_get(self._state_index, state)
+        except TypeError:
+            index = None
+        if index is None:
+            index = self._states_list.index(state)   # ValueError, worded as upstream
+        fm_store_ssize(&self._index, PyLong_AsSsize_t(index))
+        return 0
+
+    def state(self, state):
+        """Set the current state; ``ValueError`` for an unknown one. Lock-free."""
+        self._set(state)
+
+    def _get_index(self):
+        return fm_load_ssize(&self._index)
+
+
+cdef class HandlerCore:
+    """Name-dispatch hot path of the OpenCTI handler.
+
+    ``inc(name, n)`` / ``state(s, name)`` look the name up in a dict built at
+    construction and update the metric directly; a name that is not there, or
+    not of the right kind, goes to ``self._inc_miss`` / ``self._state_miss``.
+    """
+    cdef object _counter_map
+    cdef object _enum_map
+    cdef bint _on
+    cdef object _activated
+
+    def __cinit__(self, *args, **kwargs):
+        self._counter_map = None
+        self._enum_map = None
+        self._on = False
+        self._activated = False
+
+    @property
+    def activated(self):
+        return self._activated
+
+    @activated.setter
+    def activated(self, value):
+        self._on = bool(value)
+        self._activated = value
+
+    def _set_dispatch(self, counters, enums):
+        """Install the name -> metric maps (dicts that are never mutated afterwards)."""
+        self._counter_map = dict(counters)
+        self._enum_map = dict(enums)
+
+    def inc(self, name, n=1):
+        if not self._on:
+            return
+        if self._counter_map is not None:
+            counter = fm_dict_get(self._counter_map, name)
+            if counter is not None:
+                (<CounterCore>counter)._add(n)
+                return
+        self._inc_miss(name, n)
+
+    def state(self, state, name="state"):
+        if not self._on:
+            return
+        if self._enum_map is not None:
+            enum = fm_dict_get(self._enum_map, name)
+            if enum is not None:
+                (<EnumCore>enum)._set(state)
+                return
+        self._state_miss(state, name)
+
+
+cdef int counter_add(CounterCore counter, double amount) noexcept nogil:
+    if counter._slot < 0 or not (amount >= 0.0):
+        return -1
+    return fm_add(counter._slot, amount)
+
+
+cdef int enum_set(EnumCore enum, Py_ssize_t index) noexcept nogil:
+    if index < 0 or index >= enum._nstates:
+        return -1
+    fm_store_ssize(&enum._index, index)
+    return 0
+
+
+def stats():
+    """Shard-store counters: shards ever created / owned by a live thread,
+    chunks allocated, slots in use / on the free list."""
+    cdef fm_stats_t st = fm_stats()
+    return {
+        "shards_total": st.shards_total,
+        "shards_live": st.shards_live,
+        "chunks": st.chunks,
+        "slots_used": st.slots_used,
+        "slots_free": st.slots_free,
+    }
+
+
+def _before_fork():
+    fm_before_fork()
+
+
+def _after_fork_parent():
+    fm_after_fork_parent()
+
+
+def _after_fork_child():
+    fm_after_fork_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_parent,
+        after_in_child=_after_fork_child,
+    )

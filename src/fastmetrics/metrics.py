@@ -1,0 +1,328 @@
+"""prometheus_client-compatible ``Counter`` and ``Enum`` on the sharded core.
+
+Naming, validation, errors, label handling, registration and exposition follow
+``prometheus_client.metrics`` (0.20+) exactly, reusing its own validators, so
+swapping the import changes nothing but speed.  Each metric is a collector
+(``describe()`` / ``collect()``) registered in a ``CollectorRegistry`` like the
+originals; ``collect()`` folds the per-thread shards into the same ``Metric``
+families prometheus_client builds, so every exporter renders identical bytes.
+
+Thread-safety: ``inc``, ``state`` and ``labels`` on an existing child are
+lock-free; creating or removing children takes one process-wide lock (held
+across ``fork()`` so a child process never inherits it locked).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Type, TypeVar, Union
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import metrics as _pm
+from prometheus_client.context_managers import ExceptionCounter
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Exemplar, Sample
+
+from ._core import CounterCore, EnumCore, stats
+
+__all__ = ["Counter", "Enum", "disable_created_metrics", "enable_created_metrics", "shard_stats"]
+
+T = TypeVar("T", bound="_MetricWrapper")
+
+disable_created_metrics = _pm.disable_created_metrics
+enable_created_metrics = _pm.enable_created_metrics
+
+# Guards creating/removing label children (never the hot path).
+_children_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_children_lock.acquire,
+        after_in_parent=_children_lock.release,
+        after_in_child=_children_lock.release,
+    )
+
+
+def shard_stats() -> Dict[str, int]:
+    """Shard-store counters: ``shards_total`` (ever created), ``shards_live`` (owned
+    by a running thread), ``chunks``, ``slots_used``, ``slots_free``."""
+    return stats()  # type: ignore[no-any-return]
+
+
+class _MetricWrapper:
+    """The prometheus_client ``MetricWrapperBase`` contract, minus the hot path
+    (``labels`` fast path, ``inc``, ``state`` come from the core base class)."""
+
+    _type: str = ""
+    _reserved_labelnames: Sequence[str] = ()
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Iterable[str] = (),
+        namespace: str = "",
+        subsystem: str = "",
+        unit: str = "",
+        registry: Optional[CollectorRegistry] = REGISTRY,
+        _labelvalues: Optional[Sequence[str]] = None,
+    ) -> None:
+        self._original_name = name
+        self._namespace = namespace
+        self._subsystem = subsystem
+        self._name = _pm._build_full_name(self._type, name, namespace, subsystem, unit)
+        self._labelnames = _pm._validate_labelnames(self, labelnames)
+        self._labelvalues = tuple(_labelvalues or ())
+        self._kwargs: Dict[str, Any] = {}
+        self._documentation = documentation
+        self._unit = unit
+
+        _pm._validate_metric_name(self._name)
+
+        if self._is_parent():
+            self._init_parent(len(self._labelnames))  # type: ignore[attr-defined]
+
+        if self._is_observable():
+            self._metric_init()
+
+        if not self._labelvalues and registry:
+            registry.register(self)
+
+    def _metric_init(self) -> None:
+        raise NotImplementedError
+
+    def _is_observable(self) -> bool:
+        return not self._labelnames or bool(self._labelnames and self._labelvalues)
+
+    def _raise_if_not_observable(self) -> None:
+        if not self._is_observable():
+            raise ValueError("%s metric is missing label values" % str(self._type))
+
+    def _is_parent(self) -> bool:
+        return bool(self._labelnames and not self._labelvalues)
+
+    def _get_metric(self) -> Metric:
+        return Metric(self._name, self._documentation, self._type, self._unit)
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._get_metric()]
+
+    def collect(self) -> Iterable[Metric]:
+        metric = self._get_metric()
+        name = self._name
+        samples = metric.samples
+        for suffix, labels, value, timestamp, exemplar in self._samples():
+            samples.append(Sample(name + suffix, labels, value, timestamp, exemplar))
+        return [metric]
+
+    def __str__(self) -> str:
+        return f"{self._type}:{self._name}"
+
+    def __repr__(self) -> str:
+        metric_type = type(self)
+        return f"{metric_type.__module__}.{metric_type.__name__}({self._name})"
+
+    # -- labels: the slow path behind the core's lock-free cache hit ---------------
+
+    def _labels_slow(self: T, labelvalues: Tuple[Any, ...], labelkwargs: Dict[str, Any]) -> T:
+        if not self._labelnames:
+            raise ValueError("No label names were set when constructing %s" % self)
+        if self._labelvalues:
+            raise ValueError("{} already has labels set ({}); can not chain calls to .labels()".format(
+                self, dict(zip(self._labelnames, self._labelvalues))))
+        if labelvalues and labelkwargs:
+            raise ValueError("Can't pass both *args and **kwargs")
+        if labelkwargs:
+            if sorted(labelkwargs) != sorted(self._labelnames):
+                raise ValueError("Incorrect label names")
+            key = tuple(str(labelkwargs[name]) for name in self._labelnames)
+        else:
+            if len(labelvalues) != len(self._labelnames):
+                raise ValueError("Incorrect label count")
+            key = tuple(str(value) for value in labelvalues)
+        children = self._metrics  # type: ignore[attr-defined]
+        child = children.get(key)
+        if child is not None:
+            return child  # type: ignore[no-any-return]
+        with _children_lock:
+            child = children.get(key)
+            if child is None:
+                child_kwargs = dict(self._kwargs)
+                child = self.__class__(
+                    self._original_name,
+                    documentation=self._documentation,
+                    labelnames=self._labelnames,
+                    namespace=self._namespace,
+                    subsystem=self._subsystem,
+                    unit=self._unit,
+                    _labelvalues=key,
+                    **child_kwargs,
+                )
+                self._child_added(key, child)  # type: ignore[attr-defined]
+            return child  # type: ignore[no-any-return]
+
+    def remove(self, *labelvalues: Any) -> None:
+        """Remove the given labelset from the metric."""
+        if not self._labelnames:
+            raise ValueError("No label names were set when constructing %s" % self)
+        if len(labelvalues) != len(self._labelnames):
+            raise ValueError("Incorrect label count (expected %d, got %s)" % (len(self._labelnames), labelvalues))
+        key = tuple(str(value) for value in labelvalues)
+        with _children_lock:
+            self._child_removed(key)  # type: ignore[attr-defined]
+
+    def remove_by_labels(self, labels: Dict[str, str]) -> None:
+        """Remove all series whose labelset partially matches ``labels``."""
+        if not self._labelnames:
+            raise ValueError("No label names were set when constructing %s" % self)
+        if not isinstance(labels, dict):
+            raise TypeError("labels must be a dict of {label_name: label_value}")
+        if not labels:
+            return
+        invalid = [k for k in labels.keys() if k not in self._labelnames]
+        if invalid:
+            raise ValueError("Unknown label names: %s; expected %s" % (invalid, self._labelnames))
+        pos_filter = {self._labelnames.index(k): str(v) for k, v in labels.items()}
+        with _children_lock:
+            children = self._metrics  # type: ignore[attr-defined]
+            for key in list(children):
+                if all(key[pos] == want for pos, want in pos_filter.items()):
+                    self._child_removed(key)  # type: ignore[attr-defined]
+
+    def clear(self) -> None:
+        """Remove all labelsets from the metric."""
+        if not self._labelnames:
+            return
+        with _children_lock:
+            self._children_cleared()  # type: ignore[attr-defined]
+
+    # -- exposition -------------------------------------------------------------
+
+    def _samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
+        if self._is_parent():
+            return self._multi_samples()
+        return self._child_samples()
+
+    def _multi_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
+        children = self._metrics.copy()  # type: ignore[attr-defined]
+        labelnames = self._labelnames
+        for key, child in children.items():
+            series_labels = list(zip(labelnames, key))
+            for suffix, sample_labels, value, timestamp, exemplar in child._child_samples():
+                yield suffix, dict(series_labels + list(sample_labels.items())), value, timestamp, exemplar
+
+    def _child_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
+        raise NotImplementedError
+
+
+class _CounterValueView:
+    """``counter._value`` as prometheus_client exposes it (``get()``), for code and
+    tests that read it directly."""
+
+    __slots__ = ("_counter",)
+
+    def __init__(self, counter: "Counter") -> None:
+        self._counter = counter
+
+    def get(self) -> float:
+        return self._counter._get()  # type: ignore[no-any-return]
+
+    def get_exemplar(self) -> Optional[Exemplar]:
+        return self._counter._exemplar
+
+
+class Counter(CounterCore, _MetricWrapper):
+    """A monotonically increasing count, sharded per thread.
+
+    Same constructor, methods and errors as ``prometheus_client.Counter``.
+    ``inc(amount=1)`` is lock-free and O(1): it adds to the calling thread's own
+    shard.  A scrape sums the shards (O(live threads) per child), so readings
+    never go backwards.  Integer totals are exact up to 2**53.
+    """
+
+    _type = "counter"
+
+    def _metric_init(self) -> None:
+        self._exemplar: Optional[Exemplar] = None
+        self._init_value()
+        self._created = time.time()
+
+    def _set_exemplar(self, exemplar: Dict[str, str], amount: Any) -> None:
+        _pm._validate_exemplar(exemplar)
+        self._exemplar = Exemplar(exemplar, amount, time.time())
+
+    @property
+    def _value(self) -> _CounterValueView:
+        self._raise_if_not_observable()
+        return _CounterValueView(self)
+
+    def reset(self) -> None:
+        """Reset to zero (and ``_created`` to now), for a logical process restart."""
+        self._reset_value()
+        self._created = time.time()
+
+    def count_exceptions(
+        self, exception: Union[Type[BaseException], Tuple[Type[BaseException], ...]] = Exception
+    ) -> ExceptionCounter:
+        """Count exceptions leaving a block or function (context manager or decorator)."""
+        self._raise_if_not_observable()
+        return ExceptionCounter(self, exception)  # type: ignore[arg-type]
+
+    def _child_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
+        sample = ("_total", {}, self._get(), None, self._exemplar)
+        if _pm._use_created:
+            return (sample, ("_created", {}, self._created, None, None))
+        return (sample,)
+
+
+class Enum(EnumCore, _MetricWrapper):
+    """Which of a fixed set of states is current; one word per child.
+
+    Same constructor, methods and errors as ``prometheus_client.Enum``; states are
+    exposed in declaration order.  ``state(s)`` is a dict lookup plus an atomic
+    store, lock-free; an unknown state raises ``ValueError`` (``"'s' is not in list"``).
+    """
+
+    _type = "stateset"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        namespace: str = "",
+        subsystem: str = "",
+        unit: str = "",
+        registry: Optional[CollectorRegistry] = REGISTRY,
+        _labelvalues: Optional[Sequence[str]] = None,
+        states: Optional[Sequence[str]] = None,
+    ) -> None:
+        if name in labelnames:
+            raise ValueError(f"Overlapping labels for Enum metric: {name}")
+        if not states:
+            raise ValueError(f"No states provided for Enum metric: {name}")
+        self._states = states
+        super().__init__(
+            name=name,
+            documentation=documentation,
+            labelnames=labelnames,
+            namespace=namespace,
+            subsystem=subsystem,
+            unit=unit,
+            registry=registry,
+            _labelvalues=_labelvalues,
+        )
+        self._kwargs["states"] = states
+
+    def _metric_init(self) -> None:
+        self._init_value(self._states)
+
+    @property
+    def _value(self) -> int:
+        return self._get_index()  # type: ignore[no-any-return]
+
+    def _child_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
+        current = self._get_index()
+        name = self._name
+        return [("", {name: s}, 1 if i == current else 0, None, None) for i, s in enumerate(self._states)]
