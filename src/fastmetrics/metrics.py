@@ -25,6 +25,7 @@ from prometheus_client.context_managers import ExceptionCounter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
 
+from . import _core
 from ._core import CounterCore, EnumCore, stats
 
 __all__ = ["Counter", "Enum", "disable_created_metrics", "enable_created_metrics", "shard_stats"]
@@ -232,14 +233,8 @@ class _CounterValueView:
         return self._counter._exemplar
 
 
-class Counter(CounterCore, _MetricWrapper):
-    """A monotonically increasing count, sharded per thread.
-
-    Same constructor, methods and errors as ``prometheus_client.Counter``.
-    ``inc(amount=1)`` is lock-free and O(1): it adds to the calling thread's own
-    shard.  A scrape sums the shards (O(live threads) per child), so readings
-    never go backwards.  Integer totals are exact up to 2**53.
-    """
+class _CounterAPI(_MetricWrapper):
+    """Python-level half of ``Counter`` (the core base supplies inc/labels)."""
 
     _type = "counter"
 
@@ -276,13 +271,8 @@ class Counter(CounterCore, _MetricWrapper):
         return (sample,)
 
 
-class Enum(EnumCore, _MetricWrapper):
-    """Which of a fixed set of states is current; one word per child.
-
-    Same constructor, methods and errors as ``prometheus_client.Enum``; states are
-    exposed in declaration order.  ``state(s)`` is a dict lookup plus an atomic
-    store, lock-free; an unknown state raises ``ValueError`` (``"'s' is not in list"``).
-    """
+class _EnumAPI(_MetricWrapper):
+    """Python-level half of ``Enum`` (the core base supplies state/labels)."""
 
     _type = "stateset"
 
@@ -326,3 +316,33 @@ class Enum(EnumCore, _MetricWrapper):
         current = self._get_index()
         name = self._name
         return [("", {name: s}, 1 if i == current else 0, None, None) for i, s in enumerate(self._states)]
+
+
+class Counter(CounterCore, _CounterAPI):
+    """A monotonically increasing count, sharded per thread.
+
+    Same constructor, methods and errors as ``prometheus_client.Counter``.
+    ``inc(amount=1)`` is lock-free and O(1): it adds to the calling thread's own
+    shard.  A scrape sums the shards (O(live threads) per child), so readings
+    never go backwards.  Integer totals are exact up to 2**53.  NaN increments
+    are rejected with the negative-amount ``ValueError``.
+    """
+
+
+class Enum(EnumCore, _EnumAPI):
+    """Which of a fixed set of states is current; one word per child.
+
+    Same constructor, methods and errors as ``prometheus_client.Enum``; states are
+    exposed in declaration order.  ``state(s)`` is a dict lookup plus an atomic
+    store, lock-free; an unknown state raises ``ValueError`` (``"'s' is not in list"``).
+    """
+
+
+def _classes_for(core: Any) -> Tuple[type, type]:
+    """``(Counter, Enum)`` built on ``core`` (``_core_c`` or ``_core_py``), so tests
+    and benchmarks can run both implementations in one process."""
+    if core.implementation == _core.implementation:
+        return Counter, Enum
+    counter = type("Counter", (core.CounterCore, _CounterAPI), {"__doc__": Counter.__doc__, "__module__": __name__})
+    enum = type("Enum", (core.EnumCore, _EnumAPI), {"__doc__": Enum.__doc__, "__module__": __name__})
+    return counter, enum
