@@ -21,8 +21,8 @@ cdef class MetricCore:
 
 
 cdef class CounterCore(MetricCore):
-    cdef Py_ssize_t _slot             # -1 for a labelled parent (not observable)
-    cdef double _baseline             # subtracted after reset()
+    cdef Py_ssize_t _slot             # -1 for a labelled parent; relaxed atomic
+    cdef object _retired              # slots replaced by reset(), freed with the counter
     cdef int _add(self, object amount) except -1
 
 

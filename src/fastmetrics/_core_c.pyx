@@ -31,8 +31,7 @@ cdef extern from "_shards.h":
     fm_stats_t fm_stats() nogil
     Py_ssize_t fm_load_ssize(const Py_ssize_t *p) nogil
     void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
-    double fm_load_double(const double *p) nogil
-    void fm_store_double(double *p, double v) nogil
+    Py_ssize_t fm_exchange_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
 
 
 cdef extern from *:
@@ -213,28 +212,29 @@ cdef class CounterCore(MetricCore):
 
     def __cinit__(self, *args, **kwargs):
         self._slot = -1
-        self._baseline = 0.0
+        self._retired = None
 
     def __dealloc__(self):
+        # No thread can be inside inc() on a dead object: every slot it ever
+        # used can be zeroed and recycled.
         if self._slot >= 0:
             fm_slot_free(self._slot)
-            self._slot = -1
+        if self._retired is not None:
+            for slot in self._retired:
+                fm_slot_free(slot)
 
     def _init_value(self):
         """Give this counter (unlabelled, or a child) its slot, starting at 0."""
-        if self._slot >= 0:
-            return
-        slot = fm_slot_alloc()
-        if slot < 0:
-            raise MemoryError(f"fastmetrics: all {FM_MAX_SLOTS} counter slots are in use")
-        self._slot = slot
+        if self._slot < 0:
+            fm_store_ssize(&self._slot, _new_slot())
 
     cdef int _add(self, object amount) except -1:
         cdef double a
-        if self._slot < 0:
+        cdef Py_ssize_t slot = fm_load_ssize(&self._slot)
+        if slot < 0:
             raise ValueError(f"{self._type} metric is missing label values")
         a = _amount(amount)
-        if fm_add(self._slot, a) < 0:
+        if fm_add(slot, a) < 0:
             raise MemoryError()
         return 0
 
@@ -245,15 +245,29 @@ cdef class CounterCore(MetricCore):
             self._set_exemplar(exemplar, amount)
 
     def _get(self):
-        """The current total (after the last reset)."""
-        if self._slot < 0:
+        """The current total (since creation or the last reset)."""
+        cdef Py_ssize_t slot = fm_load_ssize(&self._slot)
+        if slot < 0:
             return 0.0
-        return fm_fold(self._slot) - fm_load_double(&self._baseline)
+        return fm_fold(slot)
 
     def _reset_value(self):
-        """Restart from zero: later reads subtract today's total."""
-        if self._slot >= 0:
-            fm_store_double(&self._baseline, fm_fold(self._slot))
+        """Restart from zero: swap in a fresh slot.  The old one is retired (an
+        increment racing with the reset may still land there) and freed with
+        the counter.  Lock-free; concurrent resets each retire what they swap out."""
+        if fm_load_ssize(&self._slot) < 0:
+            return
+        old = fm_exchange_ssize(&self._slot, _new_slot())
+        if self._retired is None:
+            self._retired = []
+        self._retired.append(old)
+
+
+cdef Py_ssize_t _new_slot() except -1:
+    cdef Py_ssize_t slot = fm_slot_alloc()
+    if slot < 0:
+        raise MemoryError(f"fastmetrics: all {FM_MAX_SLOTS} counter slots are in use")
+    return slot
 
 
 cdef class EnumCore(MetricCore):
@@ -353,9 +367,10 @@ cdef class HandlerCore:
 
 
 cdef int counter_add(CounterCore counter, double amount) noexcept nogil:
-    if counter._slot < 0 or not (amount >= 0.0):
+    cdef Py_ssize_t slot = fm_load_ssize(&counter._slot)
+    if slot < 0 or not (amount >= 0.0):
         return -1
-    return fm_add(counter._slot, amount)
+    return fm_add(slot, amount)
 
 
 cdef int enum_set(EnumCore enum, Py_ssize_t index) noexcept nogil:

@@ -33,7 +33,8 @@ class _Shard:
 
     def __init__(self) -> None:
         self.values: List[float] = []
-        self.owner: Optional[_Lease] = None
+        self.owner: Optional[object] = None  # the owning lease's token (never the lease:
+                                             # that cycle would keep the lease alive)
 
 
 class _Lease:
@@ -45,15 +46,17 @@ class _Lease:
     spare shard instead of racing with the interrupted read-modify-write.
     """
 
-    __slots__ = ("shard", "busy")
+    __slots__ = ("shard", "busy", "token")
 
     def __init__(self, shard: _Shard) -> None:
         self.shard = shard
         self.busy = False
+        self.token = object()
+        shard.owner = self.token
 
     def __del__(self) -> None:
         shard = self.shard
-        if shard.owner is self:
+        if shard.owner is self.token:
             shard.owner = None
             _free_shards.append(shard)
 
@@ -61,7 +64,7 @@ class _Lease:
 _all_shards: List[_Shard] = []    # append-only; scrapers iterate it
 _free_shards: List[_Shard] = []   # pool; list.append / list.pop are atomic
 _local = threading.local()
-_slot_lock = threading.Lock()    # slot allocation only (cold path)
+_slot_lock = threading.Lock()    # slot allocation and reset (cold paths)
 _slots_issued = 0
 _free_slots: List[int] = []       # __del__ appends without a lock
 
@@ -79,9 +82,7 @@ def _lease() -> _Lease:
     try:
         return _local.lease  # type: ignore[no-any-return]
     except AttributeError:
-        shard = _take_shard()
-        lease = _Lease(shard)
-        shard.owner = lease
+        lease = _Lease(_take_shard())
         _local.lease = lease
         return lease
 
@@ -184,12 +185,14 @@ class CounterCore(MetricCore):
     """A counter value: one slot, summed over every thread's shard on read."""
 
     _slot = -1
-    _baseline = 0.0
+    _retired: Optional[List[int]] = None
 
     def __del__(self) -> None:
         if self._slot >= 0:
             _slot_free(self._slot)
             self._slot = -1
+        for slot in self._retired or ():
+            _slot_free(slot)
 
     def _init_value(self) -> None:
         if self._slot < 0:
@@ -218,13 +221,20 @@ class CounterCore(MetricCore):
             self._set_exemplar(exemplar, amount)  # type: ignore[attr-defined]
 
     def _get(self) -> float:
-        if self._slot < 0:
+        slot = self._slot
+        if slot < 0:
             return 0.0
-        return _fold(self._slot) - self._baseline
+        return _fold(slot)
 
     def _reset_value(self) -> None:
-        if self._slot >= 0:
-            self._baseline = _fold(self._slot)
+        if self._slot < 0:
+            return
+        new = _slot_alloc()
+        with _slot_lock:
+            old, self._slot = self._slot, new
+            if self._retired is None:
+                self._retired = []
+            self._retired.append(old)
 
 
 class EnumCore(MetricCore):
@@ -321,7 +331,8 @@ def stats() -> Dict[str, int]:
 
 
 def _after_fork_child() -> None:
-    current = getattr(_local, "lease", None)
+    lease = getattr(_local, "lease", None)
+    current = lease.token if lease is not None else None
     for shard in _all_shards:
         if shard.owner is not None and shard.owner is not current:
             shard.owner = None

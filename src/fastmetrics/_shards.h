@@ -68,6 +68,13 @@ static inline Py_ssize_t fm_load_ssize(const Py_ssize_t *p) {
 static inline void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) {
     *(volatile Py_ssize_t *)p = v;
 }
+static inline Py_ssize_t fm_exchange_ssize(Py_ssize_t *p, Py_ssize_t v) {
+#  if defined(_WIN64)
+    return (Py_ssize_t)InterlockedExchange64((volatile LONG64 *)p, (LONG64)v);
+#  else
+    return (Py_ssize_t)InterlockedExchange((volatile LONG *)p, (LONG)v);
+#  endif
+}
 static inline void *fm_load_ptr_acquire(void *const *p) {
     void *v = *(void *const volatile *)p;
     _ReadWriteBarrier();
@@ -94,6 +101,9 @@ static inline Py_ssize_t fm_load_ssize(const Py_ssize_t *p) {
 }
 static inline void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+static inline Py_ssize_t fm_exchange_ssize(Py_ssize_t *p, Py_ssize_t v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
 }
 static inline void *fm_load_ptr_acquire(void *const *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
