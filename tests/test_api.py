@@ -144,7 +144,7 @@ def test_negative_and_nan_increments_are_rejected_without_changing_the_total(cou
     assert c._value.get() == 5.0
 
 
-@pytest.mark.parametrize("amount", ["1", None, [1], 1j, b"1", object()])
+@pytest.mark.parametrize("amount", ["1", None, [1], 1j, b"1", object(), Decimal("1.5")])
 def test_non_numbers_raise_type_error_like_prometheus_client(counter, amount):
     c = counter()
     ref = outcome(lambda: pc.Counter("r", "d", registry=None).inc(amount))
@@ -156,7 +156,7 @@ def test_non_numbers_raise_type_error_like_prometheus_client(counter, amount):
 
 @pytest.mark.parametrize(
     "amount, expected",
-    [(True, 1.0), (False, 0.0), (0, 0.0), (2.5, 2.5), (Fraction(1, 4), 0.25), (Decimal("1.5"), 1.5),
+    [(True, 1.0), (False, 0.0), (0, 0.0), (2.5, 2.5), (Fraction(1, 4), 0.25),
      (math.inf, math.inf)],
 )
 def test_numeric_types(counter, amount, expected):

@@ -7,10 +7,12 @@ Drop-in for ``prometheus_client.Counter`` / ``Enum`` and for pycti's
 from ._core import implementation
 from ._version import __version__
 from .metrics import Counter, Enum, disable_created_metrics, enable_created_metrics, shard_stats
+from .opencti import OpenCTIMetricHandler
 
 __all__ = [
     "Counter",
     "Enum",
+    "OpenCTIMetricHandler",
     "__version__",
     "disable_created_metrics",
     "enable_created_metrics",

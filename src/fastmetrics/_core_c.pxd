@@ -14,6 +14,8 @@
 # child is no longer exported, and counts made through it go to that removed
 # child, never to freed memory.
 
+from cpython.object cimport PyObject
+
 cdef class MetricCore:
     cdef object _metrics_map          # dict: label values -> child (parents only)
     cdef object _single_map           # dict: value -> child, for one-label parents
@@ -31,6 +33,7 @@ cdef class EnumCore(MetricCore):
     cdef Py_ssize_t _nstates
     cdef object _state_index          # dict: state -> index
     cdef object _states_list
+    cdef PyObject *_state_ptrs[8]     # first 8 states by identity (NULL: use the dict)
     cdef int _set(self, object state) except -1
 
 

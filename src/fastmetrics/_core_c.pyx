@@ -7,8 +7,7 @@ prometheus_client-compatible behaviour (naming, validation, registration,
 exposition) lives in :mod:`fastmetrics.metrics`, shared with the pure-Python
 twin :mod:`fastmetrics._core_py`, which has the same API and semantics.
 """
-import os
-
+cimport cython
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.long cimport PyLong_AsDouble, PyLong_AsSsize_t, PyLong_Check
 from cpython.object cimport PyObject
@@ -123,7 +122,9 @@ cdef inline double _amount(object amount) except? -1.0:
     else:
         if amount < 0:                     # TypeError for non-numbers, as upstream
             raise ValueError(_NEGATIVE)
-        a = float(amount)
+        total = 0.0
+        total += amount                    # upstream's `value += amount`: same TypeErrors
+        a = float(total)
     if not (a >= 0.0):                     # negative, or NaN (would poison the total)
         raise ValueError(_NEGATIVE)
     return a
@@ -284,22 +285,34 @@ cdef class EnumCore(MetricCore):
 
     def _init_value(self, states):
         """Make this enum observable over ``states`` (declaration order), at state 0."""
+        cdef Py_ssize_t i
         self._states_list = list(states)
         self._state_index = {}
         for i, s in enumerate(self._states_list):
+            if i < 8:
+                self._state_ptrs[i] = NULL
             try:
-                self._state_index.setdefault(s, i)   # first match, as list.index
+                if self._state_index.setdefault(s, i) == i and i < 8:   # first match, as list.index
+                    self._state_ptrs[i] = <PyObject *>s
             except TypeError:                        # unhashable: slow path finds it
                 pass
         self._nstates = len(self._states_list)
 
     cdef int _set(self, object state) except -1:
-        if self._nstates < 0:
+        cdef Py_ssize_t i, n = self._nstates
+        if n < 0:
             raise ValueError(f"{self._type} metric is missing label values")
-        try:
+        for i in range(n if n < 8 else 8):   # interned literals: a pointer compare
+            if self._state_ptrs[i] == <PyObject *>state:
+                fm_store_ssize(&self._index, i)
+                return 0
+        if PyUnicode_CheckExact(state):
             index = fm_dict_get(self._state_index, state)
-        except TypeError:
-            index = None
+        else:
+            try:
+                index = fm_dict_get(self._state_index, state)
+            except TypeError:               # unhashable: list.index decides
+                index = None
         if index is None:
             index = self._states_list.index(state)   # ValueError, worded as upstream
         fm_store_ssize(&self._index, PyLong_AsSsize_t(index))
@@ -322,32 +335,71 @@ cdef class HandlerCore:
     """
     cdef object _counter_map
     cdef object _enum_map
-    cdef bint _on
+    cdef PyObject *_counter_names[8]  # identity caches over the maps' first entries;
+    cdef PyObject *_counters[8]       # the maps own the references
+    cdef Py_ssize_t _ncounters
+    cdef PyObject *_enum_names[8]
+    cdef PyObject *_enums[8]
+    cdef Py_ssize_t _nenums
     cdef object _activated
+    cdef Py_ssize_t _on               # truth of ``activated``; relaxed atomic
 
     def __cinit__(self, *args, **kwargs):
         self._counter_map = None
         self._enum_map = None
-        self._on = False
+        self._ncounters = 0
+        self._nenums = 0
         self._activated = False
+        self._on = 0
 
+    # The object field is only touched under the object's critical section
+    # (a per-object lock on free-threaded builds, nothing with the GIL); the
+    # hot path reads only the C flag.
     @property
+    @cython.critical_section
     def activated(self):
         return self._activated
 
     @activated.setter
+    @cython.critical_section
     def activated(self, value):
-        self._on = bool(value)
         self._activated = value
+        fm_store_ssize(&self._on, 1 if value else 0)
 
     def _set_dispatch(self, counters, enums):
-        """Install the name -> metric maps (dicts that are never mutated afterwards)."""
+        """Install the name -> metric maps.  Call once, before the handler is
+        shared: the maps are never mutated afterwards."""
+        if self._counter_map is not None:
+            raise RuntimeError("dispatch maps are already installed")
+        cdef Py_ssize_t i = 0
         self._counter_map = dict(counters)
         self._enum_map = dict(enums)
+        for name, counter in self._counter_map.items():
+            if not isinstance(counter, CounterCore):
+                raise TypeError("counters must be fastmetrics counters")
+            if i < 8:
+                self._counter_names[i] = <PyObject *>name
+                self._counters[i] = <PyObject *>counter
+                i += 1
+        self._ncounters = i
+        i = 0
+        for name, enum in self._enum_map.items():
+            if not isinstance(enum, EnumCore):
+                raise TypeError("enums must be fastmetrics enums")
+            if i < 8:
+                self._enum_names[i] = <PyObject *>name
+                self._enums[i] = <PyObject *>enum
+                i += 1
+        self._nenums = i
 
     def inc(self, name, n=1):
-        if not self._on:
+        cdef Py_ssize_t i
+        if not fm_load_ssize(&self._on):
             return
+        for i in range(self._ncounters):
+            if self._counter_names[i] == <PyObject *>name:
+                (<CounterCore>self._counters[i])._add(n)
+                return
         if self._counter_map is not None:
             counter = fm_dict_get(self._counter_map, name)
             if counter is not None:
@@ -356,8 +408,13 @@ cdef class HandlerCore:
         self._inc_miss(name, n)
 
     def state(self, state, name="state"):
-        if not self._on:
+        cdef Py_ssize_t i
+        if not fm_load_ssize(&self._on):
             return
+        for i in range(self._nenums):
+            if self._enum_names[i] == <PyObject *>name:
+                (<EnumCore>self._enums[i])._set(state)
+                return
         if self._enum_map is not None:
             enum = fm_dict_get(self._enum_map, name)
             if enum is not None:
@@ -393,6 +450,8 @@ def stats():
     }
 
 
+# Fork hooks, called by fastmetrics.metrics (the one place that registers them,
+# so every lock is taken in one order: the children lock, then this one).
 def _before_fork():
     fm_before_fork()
 
@@ -403,11 +462,3 @@ def _after_fork_parent():
 
 def _after_fork_child():
     fm_after_fork_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_parent,
-        after_in_child=_after_fork_child,
-    )

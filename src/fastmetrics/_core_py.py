@@ -16,7 +16,6 @@ operations that are atomic in CPython, with or without the GIL (``append``,
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, Dict, List, Optional
 
@@ -58,13 +57,15 @@ class _Lease:
         shard = self.shard
         if shard.owner is self.token:
             shard.owner = None
-            _free_shards.append(shard)
+            free = _free_shards
+            if free is not None:  # None once the module is torn down at exit
+                free.append(shard)
 
 
 _all_shards: List[_Shard] = []    # append-only; scrapers iterate it
 _free_shards: List[_Shard] = []   # pool; list.append / list.pop are atomic
 _local = threading.local()
-_slot_lock = threading.Lock()    # slot allocation and reset (cold paths)
+_slot_lock = threading.Lock()    # slot allocation (cold path)
 _slots_issued = 0
 _free_slots: List[int] = []       # __del__ appends without a lock
 
@@ -110,7 +111,9 @@ def _amount(amount: Any) -> float:
     else:
         if amount < 0:  # TypeError for non-numbers, as upstream
             raise ValueError(_NEGATIVE)
-        a = float(amount)
+        total = 0.0
+        total += amount  # upstream's `value += amount`: same TypeErrors
+        a = float(total)
     if not a >= 0.0:  # negative, or NaN (would poison the total)
         raise ValueError(_NEGATIVE)
     return a
@@ -229,12 +232,11 @@ class CounterCore(MetricCore):
     def _reset_value(self) -> None:
         if self._slot < 0:
             return
-        new = _slot_alloc()
-        with _slot_lock:
-            old, self._slot = self._slot, new
-            if self._retired is None:
-                self._retired = []
-            self._retired.append(old)
+        # Serialised by the caller (Counter.reset holds the children lock).
+        old, self._slot = self._slot, _slot_alloc()
+        if self._retired is None:
+            self._retired = []
+        self._retired.append(old)
 
 
 class EnumCore(MetricCore):
@@ -280,18 +282,24 @@ class HandlerCore:
     _counter_map: Optional[Dict[Any, CounterCore]] = None
     _enum_map: Optional[Dict[Any, EnumCore]] = None
     _on = False
-    _activated: Any = False
 
     @property
     def activated(self) -> Any:
-        return self._activated
+        return self.__dict__.get("activated", False)
 
     @activated.setter
     def activated(self, value: Any) -> None:
+        self.__dict__["activated"] = value
         self._on = bool(value)
-        self._activated = value
 
     def _set_dispatch(self, counters: Dict[Any, CounterCore], enums: Dict[Any, EnumCore]) -> None:
+        """Install the name -> metric maps, once, before the handler is shared."""
+        if self._counter_map is not None:
+            raise RuntimeError("dispatch maps are already installed")
+        if not all(isinstance(c, CounterCore) for c in counters.values()):
+            raise TypeError("counters must be fastmetrics counters")
+        if not all(isinstance(e, EnumCore) for e in enums.values()):
+            raise TypeError("enums must be fastmetrics enums")
         self._counter_map = dict(counters)
         self._enum_map = dict(enums)
 
@@ -330,18 +338,23 @@ def stats() -> Dict[str, int]:
     }
 
 
+# Fork hooks, called by fastmetrics.metrics (the one place that registers them,
+# so every lock is taken in one order: the children lock, then this one).
+def _before_fork() -> None:
+    _slot_lock.acquire()
+
+
+def _after_fork_parent() -> None:
+    _slot_lock.release()
+
+
 def _after_fork_child() -> None:
+    """Release the lock, and return the shards of threads that do not exist in
+    the child to the pool, with their counts."""
+    _slot_lock.release()
     lease = getattr(_local, "lease", None)
     current = lease.token if lease is not None else None
     for shard in _all_shards:
         if shard.owner is not None and shard.owner is not current:
             shard.owner = None
             _free_shards.append(shard)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_slot_lock.acquire,
-        after_in_parent=_slot_lock.release,
-        after_in_child=lambda: (_slot_lock.release(), _after_fork_child()),
-    )

@@ -23,6 +23,9 @@ Contract:
   scrape them.
 * Bad flags and an unusable address (e.g. a busy port) print one line on
   stderr and exit 2.
+
+:func:`main` runs once per process: the handler registers its metrics in the
+default ``REGISTRY`` (a second activated handler is a duplicate, as in pycti).
 """
 
 from __future__ import annotations
@@ -82,13 +85,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _number(kind: Callable[[str], Any], low: float, high: float, allow_inf: bool = False) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind(text)``, finite, within ``[low, high]``."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not allow_inf)):
+        if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, not {text!r}")
@@ -245,15 +250,15 @@ class _Logger:
 # -- reading the exposition back ----------------------------------------------------
 
 
-def scrape_host(host: str) -> str:
-    """The host part of a URL that reaches a server bound to ``host``."""
+def metrics_url(host: str, port: int) -> str:
+    """A URL that reaches the metrics server bound to ``host``:``port``."""
     if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}/metrics"
 
 
 def parse_exposition(text: str) -> Dict[str, Any]:
@@ -275,7 +280,9 @@ def read_exposition(url: str) -> Tuple[Dict[str, Any], str]:
     same bytes the server would send).  Returns the parsed samples and a note on
     where they came from."""
     try:
-        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as response:
+        # Straight to the server: never through an http_proxy from the environment.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=SCRAPE_TIMEOUT) as response:
             text = response.read().decode("utf-8")
         source = url
     except (OSError, urllib.error.URLError) as exc:
@@ -302,6 +309,23 @@ def _n(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def fit(parts: Sequence[Tuple[str, int]], width: int) -> str:
+    """Join ``(text, drop rank)`` parts with two spaces, dropping the highest-ranked
+    parts until the line fits ``width`` (then cutting it, if rank 0 alone is too wide)."""
+    keep = list(parts)
+    line = "  ".join(text for text, _ in keep)
+    while len(line) > width and any(rank > 0 for _, rank in keep):
+        worst = max(rank for _, rank in keep)
+        drop = max(i for i, (_, rank) in enumerate(keep) if rank == worst)
+        del keep[drop]
+        line = "  ".join(text for text, _ in keep)
+    return line[:width]
+
+
 class Progress:
     """One status line on ``err``: redrawn in place at most 4x/s on a terminal,
     else printed as a plain line every :data:`LINE_REFRESH` seconds."""
@@ -324,16 +348,25 @@ class Progress:
         span = now - self.last_time
         rate = (t.objects - self.last_objects) / span if span > 0 else 0.0
         self.last_time, self.last_objects = now, t.objects
-        line = (f"{now - self.started:6.1f}s  {_n(rate)} objects/s  total {_n(t.objects)} objects, "
-                f"{_n(t.bundles)} bundles, {_n(t.runs)} runs, {_n(t.client_errors)} client errors  {self.url}")
+        # (text, drop rank): on a narrow terminal the highest ranks are dropped first.
+        parts = [
+            (f"{now - self.started:.1f}s", 1),
+            (f"{_n(rate)} objects/s", 0),
+            (f"{_n(t.objects)} objects", 0),
+            (f"{_n(t.bundles)} bundles", 3),
+            (f"{_n(t.runs)} runs", 2),
+            (f"{_n(t.client_errors)} client errors", 2),
+            (self.url, 0),
+        ]
         if self.tty:
             import shutil
 
-            width = shutil.get_terminal_size().columns - 1
-            self.err.write("\r\x1b[K" + line[: max(width, 20)])
+            width = max(shutil.get_terminal_size().columns - 1, 20)
+            line = fit(parts, width)
+            self.err.write("\r\x1b[K" + line)
             self.drawn = True
         else:
-            self.err.write(line + "\n")
+            self.err.write("  ".join(text for text, _ in parts) + "\n")
         self.err.flush()
 
     def close(self) -> None:
@@ -343,12 +376,12 @@ class Progress:
             self.drawn = False
 
 
-def summary(t: Tally, threads: int, elapsed: float, url: str, source: str, seen: Dict[str, Any]) -> str:
+def summary(t: Tally, threads: int, elapsed: float, source: str, seen: Dict[str, Any]) -> str:
     rate = t.objects / elapsed if elapsed > 0 else 0.0
     lines = [
         f"stopped after {elapsed:.1f}s: {_n(t.objects)} objects in {_n(t.bundles)} bundles, {_n(t.runs)} runs, "
-        f"{_n(t.client_errors)} client errors ({_n(rate)} objects/s, {threads} threads)",
-        f"the exposition at {url} matches the workers' own counts (read from {source}):",
+        f"{_n(t.client_errors)} client errors ({_n(rate)} objects/s, {_plural(threads, 'thread')})",
+        f"checked {source}: every value equals the workers' own counts",
     ]
     width = max(len(name) for name in COUNTER_SAMPLES.values())
     for name in COUNTER_SAMPLES.values():
@@ -394,15 +427,17 @@ def write_json(path: str, doc: Dict[str, Any]) -> None:
 
 
 class _Signals:
-    """While active, SIGINT/SIGTERM set ``event`` instead of raising; restores
-    the previous handlers on exit.  Inert outside the main thread."""
+    """While active, SIGINT/SIGTERM set every event in :attr:`events` instead of
+    raising; the previous handlers are restored on exit.  Inert outside the
+    main thread (then Ctrl-C raises ``KeyboardInterrupt`` as usual)."""
 
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = list(events)
         self.previous: Dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        self.event.set()
+        for event in self.events:
+            event.set()
 
     def __enter__(self) -> "_Signals":
         if threading.current_thread() is threading.main_thread():
@@ -420,64 +455,96 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _check_json_target(path: Optional[str]) -> None:
+    """Fail fast (before a long run) if ``--json FILE`` cannot be written."""
+    if path is None or path == "-":
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UsageError(f"argument --json: cannot write {path!r}")
+
+
+def run_workers(handler: Any, opts: Options, stop: threading.Event, progress: Progress,
+                tallies: Sequence[Tally]) -> Tuple[float, List[BaseException]]:
+    """Run one worker thread per tally until ``stop`` is set or ``--duration``
+    ends, drawing progress; returns after every worker has finished its bundle:
+    ``(elapsed seconds, exceptions raised by workers)``."""
+    failures: List[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            worker(handler, tallies[i], stop, opts.rate / opts.threads, seed=i)
+        except BaseException as exc:  # a crashing worker is a bug: stop everything, report it
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"demo-worker-{i}", daemon=True)
+               for i in range(len(tallies))]
+    started = time.monotonic()
+    for th in threads:
+        th.start()
+    deadline = started + opts.duration if opts.duration else math.inf
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        if progress.due(now):
+            progress.draw(now)
+        stop.wait(min(TTY_REFRESH, max(deadline - now, 0.0)))
+    stop.set()
+    for th in threads:
+        th.join()
+    elapsed = time.monotonic() - started
+    progress.close()
+    return elapsed, failures
+
+
+def _start_handler(opts: Options) -> Any:
+    """The activated drop-in handler serving on ``--host``/``--port``, after
+    printing its log and a banner; None (error printed) if the address cannot
+    be served."""
+    from . import __version__, implementation
+    from .opencti import OpenCTIMetricHandler
+
+    logger = _Logger(sys.stderr)
+    try:
+        handler = OpenCTIMetricHandler(logger, True, NAMESPACE, SUBSYSTEM, opts.port, addr=opts.host)
+    except OSError as exc:
+        _fail(f"cannot serve metrics on {opts.host}:{opts.port}: {exc.strerror or exc}", 2)
+        return None
+    for line in logger.kept:
+        print(line, file=sys.stderr)
+    pace = f"{opts.rate:g} objects/s" if opts.rate > 0 else "as fast as possible"
+    until = f"for {opts.duration:g}s" if opts.duration else "until Ctrl-C"
+    print(f"{PROG}: {_plural(opts.threads, 'worker')} sending bundles {pace}, {until}; "
+          f"metrics at {metrics_url(opts.host, opts.port)} (fastmetrics {__version__}, {implementation} core)",
+          file=sys.stderr, flush=True)
+    return handler
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the demo; returns the exit code (0 ok, 1 internal error, 2 usage / address error)."""
+    """Run the demo; returns the exit code: 0 done, 1 internal error (a crashed
+    worker, or the exposition disagreeing with the workers' counts), 2 bad
+    command line or an address that cannot be served."""
     try:
         opts = parse_args(sys.argv[1:] if argv is None else argv)
+        _check_json_target(opts.json)
     except UsageError as exc:
         return _fail(f"{exc} (see --help)", 2)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
 
-    from .opencti import OpenCTIMetricHandler
-
-    err = sys.stderr
-    url = f"http://{scrape_host(opts.host)}:{opts.port}/metrics"
-    logger = _Logger(err)
-    try:
-        handler = OpenCTIMetricHandler(logger, True, NAMESPACE, SUBSYSTEM, opts.port, addr=opts.host)
-    except OSError as exc:
-        return _fail(f"cannot serve metrics on {opts.host}:{opts.port}: {exc.strerror or exc}", 2)
-    for line in logger.kept:
-        print(line, file=err)
-    pace = f"{opts.rate:g} objects/s" if opts.rate > 0 else "as fast as possible"
-    until = f"for {opts.duration:g}s" if opts.duration else "until Ctrl-C"
-    print(f"{PROG}: {opts.threads} workers sending bundles {pace}, {until}; metrics at {url}", file=err, flush=True)
-
-    stop = threading.Event()
-    failures: List[BaseException] = []
-    tallies = [Tally() for _ in range(opts.threads)]
-
-    def run(i: int) -> None:
-        try:
-            worker(handler, tallies[i], stop, opts.rate / opts.threads, seed=i)
-        except BaseException as exc:  # a worker crashing is a bug: stop everything and report it
-            failures.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"demo-worker-{i}", daemon=True)
-               for i in range(opts.threads)]
-    with _Signals(stop):
-        progress = Progress(err, url, tallies)
-        started = time.monotonic()
-        for th in threads:
-            th.start()
-        deadline = started + opts.duration if opts.duration else math.inf
-        while not stop.is_set():
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            if progress.due(now):
-                progress.draw(now)
-            stop.wait(min(TTY_REFRESH, max(deadline - now, 0.0)))
-        stop.set()
-        for th in threads:
-            th.join()
-        elapsed = time.monotonic() - started
-        progress.close()
+    stop, linger = threading.Event(), threading.Event()
+    with _Signals(stop) as signals:  # the first signal stops the workers ...
+        handler = _start_handler(opts)
+        if handler is None:
+            return 2
+        tallies = [Tally() for _ in range(opts.threads)]
+        url = metrics_url(opts.host, opts.port)
+        elapsed, failures = run_workers(handler, opts, stop, Progress(sys.stderr, url, tallies), tallies)
+        signals.events.append(linger)  # ... any later one cuts --linger short
         if failures:
-            exc = failures[0]
-            return _fail(f"a worker failed: {type(exc).__name__}: {exc}", 1)
+            return _fail(f"a worker failed: {type(failures[0]).__name__}: {failures[0]}", 1)
         handler.state("stopped")
 
         t = total(tallies)
@@ -489,13 +556,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             try:
                 write_json(opts.json, report(t, tallies, opts, elapsed, url, seen))
             except OSError as exc:
-                return _fail(f"cannot write {opts.json}: {exc}", 2)
-        out = err if opts.json == "-" else sys.stdout
-        print(summary(t, opts.threads, elapsed, url, source, seen), file=out, flush=True)
+                return _fail(f"cannot write {opts.json}: {exc}", 1)
+        out = sys.stderr if opts.json == "-" else sys.stdout
+        print(summary(t, opts.threads, elapsed, source, seen), file=out, flush=True)
 
         if opts.linger > 0:
-            print(f"{PROG}: still serving {url} for {opts.linger:g}s (Ctrl-C to exit now)", file=err, flush=True)
-            linger = threading.Event()
-            with _Signals(linger):
-                linger.wait(opts.linger)
+            print(f"{PROG}: still serving {url} for {opts.linger:g}s (Ctrl-C to exit now)", file=sys.stderr,
+                  flush=True)
+            linger.wait(opts.linger)
     return 0

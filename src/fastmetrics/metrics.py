@@ -15,6 +15,7 @@ across ``fork()`` so a child process never inherits it locked).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Type, TypeVar, Union
@@ -35,14 +36,43 @@ T = TypeVar("T", bound="_MetricWrapper")
 disable_created_metrics = _pm.disable_created_metrics
 enable_created_metrics = _pm.enable_created_metrics
 
-# Guards creating/removing label children (never the hot path).
+# Guards creating/removing label children and reset (never the hot path).
+# Lock order: this lock, then a core's own lock (slot allocation).
 _children_lock = threading.Lock()
+
+# fork(): every lock is held across it, in the order above, so the child never
+# inherits one mid-update; the cores' child hooks then hand the shards of
+# threads that do not exist in the child back to the pool (counts kept).
+# Registered here, once, because Python runs `before` hooks in reverse
+# registration order: per-module registration would make the order depend on
+# import order and could deadlock.
+_FORK_AWARE_CORES = ("fastmetrics._core_c", "fastmetrics._core_py")
+_cores_held_across_fork: list = []
+
+
+def _before_fork() -> None:
+    _children_lock.acquire()
+    cores = [sys.modules[name] for name in _FORK_AWARE_CORES if name in sys.modules]
+    for core in cores:
+        core._before_fork()
+    _cores_held_across_fork[:] = cores
+
+
+def _after_fork_parent() -> None:
+    for core in reversed(_cores_held_across_fork):
+        core._after_fork_parent()
+    _children_lock.release()
+
+
+def _after_fork_child() -> None:
+    for core in reversed(_cores_held_across_fork):
+        core._after_fork_child()
+    _children_lock.release()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_children_lock.acquire,
-        after_in_parent=_children_lock.release,
-        after_in_child=_children_lock.release,
-    )
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,
+                        after_in_child=_after_fork_child)
 
 
 def shard_stats() -> Dict[str, int]:
@@ -253,9 +283,11 @@ class _CounterAPI(_MetricWrapper):
         return _CounterValueView(self)
 
     def reset(self) -> None:
-        """Reset to zero (and ``_created`` to now), for a logical process restart."""
-        self._reset_value()
-        self._created = time.time()
+        """Reset to zero (and ``_created`` to now), for a logical process restart.
+        An increment racing with the reset may land on either side of it."""
+        with _children_lock:
+            self._reset_value()
+            self._created = time.time()
 
     def count_exceptions(
         self, exception: Union[Type[BaseException], Tuple[Type[BaseException], ...]] = Exception

@@ -1,0 +1,170 @@
+"""Helpers of the bench suite (imported by ``conftest.py`` and the bench files).
+
+* :class:`Settings`: batch targets and round counts (normal / quick).
+* :class:`Measure`: calibrate a batch, time it with pytest-benchmark, store
+  seconds per operation and the benchmark's ``key`` (``<candidate>.<op>``).
+* :func:`pycti_module`: pycti's real ``OpenCTIMetricHandler`` module from the
+  published wheel, downloaded once into a cache dir.
+* :func:`unavailable`: skip a case that cannot run here (fail for pycti in CI).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import pytest
+
+from fastmetrics import _bench
+
+PYCTI_VERSION = "7.261026.0"
+PYCTI_MEMBER = "pycti/connector/opencti_metric_handler.py"
+
+
+def truthy(value: Optional[str]) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def in_ci() -> bool:
+    return truthy(os.environ.get("CI"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to measure: per-round batch targets (seconds) and round counts."""
+
+    quick: bool
+    reps: int
+    rounds: int
+    target_s: float
+    thread_rounds: int
+    thread_target_s: float
+
+    @classmethod
+    def make(cls, quick: bool, reps: Optional[int] = None) -> "Settings":
+        base = cls(True, 5, 5, 0.001, 5, 0.015) if quick else cls(False, 10, 10, 0.002, 7, 0.025)
+        if reps is None:
+            return base
+        if reps < 1:
+            raise ValueError("--bench-reps must be >= 1")
+        return cls(base.quick, reps, base.rounds, base.target_s, base.thread_rounds, base.thread_target_s)
+
+
+def unavailable(candidate: str, reason: str) -> None:
+    """Skip a case whose candidate cannot run here; pycti must run under CI."""
+    if candidate == _bench.PYCTI and in_ci():
+        pytest.fail(f"CI=true: {reason}")
+    pytest.skip(reason)
+
+
+def _per_op(benchmark: Any, ops: int) -> None:
+    """Turn the rounds pytest-benchmark just stored into seconds per operation
+    (as pytest-benchmark itself divides by ``iterations``)."""
+    meta = getattr(benchmark, "stats", None)
+    if not meta:  # --benchmark-disable: nothing was timed
+        return
+    stats = meta.stats
+    stats.data[:] = [d / ops for d in stats.data]
+    for cached in tuple(stats.__dict__):  # drop any derived statistic already cached
+        if cached != "data":
+            del stats.__dict__[cached]
+    meta.iterations = ops
+
+
+@dataclass
+class Measure:
+    """``measure(workload, candidate, op, threads=False, n=None, **extra)``.
+
+    Calibrates ``n`` (unless given) so one ``workload.run(n)`` lasts about the
+    settings' target (once per key and session: later repetitions reuse it), times
+    ``rounds`` such batches (after one warm-up) with ``benchmark.pedantic``,
+    and stores per-operation times, ``group = op`` and ``extra_info``
+    (``key``, ``candidate``, ``op``, ``rep``, ``ops_per_round`` and
+    ``extra``).  Closes the workload.
+    """
+
+    benchmark: Any
+    settings: Settings
+    rep: int
+    calibration: Dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, workload: _bench.Workload, candidate: str, op: str, *,
+                 threads: bool = False, n: Optional[int] = None, **extra: Any) -> None:
+        try:
+            target = self.settings.thread_target_s if threads else self.settings.target_s
+            rounds = self.settings.thread_rounds if threads else self.settings.rounds
+            key = f"{candidate}.{op}"
+            if n is None:  # a given n skips calibration
+                n = self.calibration.get(key) or _bench.calibrate(workload, target)
+                self.calibration[key] = n
+            ops = workload.ops(n)
+            self.benchmark.group = op
+            self.benchmark.extra_info.update(key=key, candidate=candidate, op=op,
+                                             rep=self.rep, ops_per_round=ops, **extra)
+            self.benchmark.pedantic(_gc_off(workload.run), args=(n,), rounds=rounds, warmup_rounds=1, iterations=1)
+            _per_op(self.benchmark, ops)
+        finally:
+            workload.close()
+
+
+def _gc_off(run: Callable[[int], None]) -> Callable[[int], None]:
+    """``run`` with the cyclic GC off while it runs (as ``timeit``): a collection
+    triggered by one candidate's allocations would otherwise land on whichever
+    batch happens to cross the threshold."""
+
+    def batch(n: int) -> None:
+        was_on = gc.isenabled()
+        gc.disable()
+        try:
+            run(n)
+        finally:
+            if was_on:
+                gc.enable()
+
+    return batch
+
+
+def _download_pycti_file(cache_dir: Path) -> Path:
+    """pycti's handler module, extracted from the pinned wheel (downloaded once)."""
+    target = cache_dir / f"pycti-{PYCTI_VERSION}-opencti_metric_handler.py"
+    if target.is_file():
+        return target
+    wheels = sorted(cache_dir.glob(f"pycti-{PYCTI_VERSION}-*.whl"))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"pycti=={PYCTI_VERSION}", "-d", str(cache_dir)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed: {exc}") from None
+        wheels = sorted(cache_dir.glob(f"pycti-{PYCTI_VERSION}-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"`{' '.join(cmd)}` failed: {' | '.join(tail)}")
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        source = wheel.read(PYCTI_MEMBER)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(source)
+    tmp.replace(target)
+    return target
+
+
+def pycti_module(cache_dir: Path) -> Tuple[Any, str]:
+    """``(module, path)`` of pycti's real handler module, or ``(None, reason)``.
+
+    ``FASTMETRICS_BENCH_PYCTI_FILE`` names the file directly (offline use);
+    otherwise it is extracted from ``pycti==PYCTI_VERSION``'s wheel, fetched
+    with ``pip download --no-deps`` into ``cache_dir`` once.
+    """
+    explicit = os.environ.get("FASTMETRICS_BENCH_PYCTI_FILE")
+    try:
+        path = Path(explicit) if explicit else _download_pycti_file(cache_dir)
+        return _bench.load_pycti_handler_module(str(path)), str(path)
+    except Exception as exc:  # network, pip, zip, import: all mean "no pycti here"
+        return None, f"pycti {PYCTI_VERSION}'s OpenCTIMetricHandler unavailable: {exc}"

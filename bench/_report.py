@@ -1,0 +1,92 @@
+"""Compact summaries printed after pytest-benchmark's tables (no pytest imports).
+
+* :func:`scrape_growth`: one line per (format, metrics, threads) point of the
+  scrape grid: the median µs per scrape of each candidate (pooled over
+  repetitions), Cython over prometheus_client (median of per-repetition
+  ratios, as the gates) and fastmetrics' ``shards_total`` at the time.
+* :func:`churn_memory`: per candidate, threads churned, time per short-lived
+  thread, RSS and shard counts before the first / after the last repetition.
+
+Both take ``records``: ``(extra_info, per-op times)`` of every benchmark run.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+Record = Tuple[Mapping[str, Any], Sequence[float]]
+
+SCRAPE_COLUMNS = ("fastmetrics_c", "fastmetrics_py", "prometheus_client")
+
+
+def _table(rows: Sequence[Tuple[str, ...]]) -> List[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def _paired(num: Mapping[int, Sequence[float]], den: Mapping[int, Sequence[float]]) -> str:
+    """Median over shared repetitions of median(num) / median(den), formatted."""
+    ratios = [statistics.median(num[r]) / statistics.median(den[r])
+              for r in set(num) & set(den) if num[r] and den[r] and statistics.median(den[r]) > 0]
+    return f"{statistics.median(ratios):.2f}" if ratios else "-"
+
+
+def scrape_growth(records: Sequence[Record]) -> List[str]:
+    """Scrape cost as metrics and threads grow (empty if no scrape ran)."""
+    points: Dict[Tuple[str, int, int], Dict[str, List[float]]] = {}
+    by_rep: Dict[Tuple[str, int, int], Dict[str, Dict[int, List[float]]]] = {}
+    shards: Dict[Tuple[str, int, int], Dict[str, int]] = {}
+    for info, data in records:
+        op = str(info.get("op", ""))
+        if not op.startswith("scrape."):
+            continue
+        point = (op.split(".")[1], int(info["metrics"]), int(info["writer_threads"]))
+        points.setdefault(point, {}).setdefault(info["candidate"], []).extend(data)
+        reps = by_rep.setdefault(point, {}).setdefault(info["candidate"], {})
+        reps.setdefault(int(info.get("rep", 0)), []).extend(data)
+        if "shards_total" in info:
+            seen = shards.setdefault(point, {})
+            seen[info["candidate"]] = max(seen.get(info["candidate"], 0), int(info["shards_total"]))
+    if not points:
+        return []
+    rows = [("format", "metrics", "threads", *(f"{c} µs" for c in SCRAPE_COLUMNS), "c/prom", "shards (c/py)")]
+    for point in sorted(points):
+        medians = {c: statistics.median(v) * 1e6 for c, v in points[point].items() if v}
+        cells = [f"{medians[c]:.1f}" if c in medians else "-" for c in SCRAPE_COLUMNS]
+        ratio = _paired(by_rep[point].get("fastmetrics_c", {}), by_rep[point].get("prometheus_client", {}))
+        seen = shards.get(point, {})
+        shard_cell = f"{seen.get('fastmetrics_c', '-')}/{seen.get('fastmetrics_py', '-')}"
+        rows.append((point[0], str(point[1]), str(point[2]), *cells, ratio, shard_cell))
+    return _table(rows)
+
+
+def churn_memory(records: Sequence[Record]) -> List[str]:
+    """Memory after thread churn, one line per candidate over all its repetitions:
+    threads churned, median µs per thread, RSS and shards before the first
+    repetition and after the last (empty if none ran)."""
+    runs: Dict[str, List[Record]] = {}
+    for info, data in records:
+        if info.get("op") == "churn.thread" and data:
+            runs.setdefault(str(info["candidate"]), []).append((info, data))
+    rows = [("candidate", "threads", "µs/thread", "RSS before KiB", "RSS after KiB", "RSS delta KiB",
+             "shards before", "shards after")]
+    for candidate in sorted(runs):
+        reps = sorted(runs[candidate], key=lambda r: int(r[0].get("rep", 0)))
+        first, last = reps[0][0], reps[-1][0]
+        times = [t for _, data in reps for t in data]
+        before, after = first.get("rss_kib_before"), last.get("rss_kib_after")
+        delta = str(after - before) if isinstance(before, int) and isinstance(after, int) else "-"
+        rows.append((
+            candidate,
+            str(sum(int(info.get("threads_churned", 0)) for info, _ in reps)),
+            f"{statistics.median(times) * 1e6:.1f}",
+            str(before if before is not None else "-"),
+            str(after if after is not None else "-"),
+            delta,
+            str(first.get("shards_total_before", "-")),
+            str(last.get("shards_total_after", "-")),
+        ))
+    return _table(rows) if len(rows) > 1 else []

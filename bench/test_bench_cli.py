@@ -1,0 +1,52 @@
+"""Smoke test of ``python -m fastmetrics bench`` (a subprocess: it starts activated
+handlers, which register in that process's default REGISTRY).  No timing is
+asserted: only the shape of the output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import fastmetrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: List[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # The subprocess imports the same fastmetrics as this process (installed, or src/).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(fastmetrics.__file__).parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "fastmetrics", "bench", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_json_has_every_op_for_both_implementations(tmp_path: Path) -> None:
+    proc = _run(["--quick", "--rounds", "1", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    rows = {(row["op"], row["impl"]) for row in report["rows"]}
+    for op in ("counter.inc", "child.inc", "labels.inc", "enum.state", "handler.inc", "handler.state",
+               "scrape.text.m10", "threads.enum.state.t2"):
+        assert (op, "cython") in rows or report["environment"]["python_implementation"] != "CPython", op
+        assert (op, "python") in rows, op
+    assert set(report["enum_state_2_threads_vs_1"]) >= {"python", "prometheus_client"}
+    assert all(row["ns_per_op"] > 0 for row in report["rows"])
+
+
+def test_cli_table_and_plot(tmp_path: Path) -> None:
+    png = tmp_path / "bench.png"
+    proc = _run(["--quick", "--rounds", "1", "--plot", str(png)], tmp_path)
+    if importlib.util.find_spec("matplotlib") is None:
+        assert proc.returncode == 2 and "needs matplotlib" in proc.stderr, proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert png.stat().st_size > 0
+    assert "x faster than prometheus_client" in proc.stdout
+    assert "Enum.state(s) throughput, 2 threads vs 1" in proc.stdout

@@ -1,0 +1,78 @@
+"""Scrape cost as metrics and threads grow: ``generate_latest`` in text format and
+``prometheus_client.openmetrics.exposition.generate_latest``.
+
+A private registry holds M unlabelled counters; T threads have incremented
+every one of them and stay alive during the measurement.  Grid: M in 1, 10,
+100 with T = 1, and M = 10 with T in 4, 16.  Keys:
+``<candidate>.scrape.<text|openmetrics>.m<M>.t<T>``; ``extra_info`` records
+``shards_total`` for fastmetrics.
+
+fastmetrics folds one shard per thread the process ever had at once (shards are
+pooled, never freed), so these benchmarks run first, in increasing T
+(``bench_phase``); prometheus_client's cost does not depend on T.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator, List
+
+import pytest
+from _harness import Measure, unavailable  # type: ignore[import-not-found]
+
+from fastmetrics import _bench
+
+FORMATS = {"text": _bench.text_generate_latest, "openmetrics": _bench.openmetrics_generate_latest}
+GRID = [(1, 1), (10, 1), (100, 1), (10, 4), (10, 16)]
+PHASE_BY_THREADS = {1: 0, 4: 1, 16: 2}
+
+
+class ParkedWriters:
+    """``threads`` threads that each increment every counter once, then wait
+    (alive, keeping their shards live) until :meth:`release`."""
+
+    def __init__(self, counters: List[Any], threads: int) -> None:
+        self._release = threading.Event()
+        self._ready = threading.Barrier(threads + 1)
+        self._threads = [threading.Thread(target=self._run, args=(counters,), daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+        self._ready.wait()
+
+    def _run(self, counters: List[Any]) -> None:
+        for counter in counters:
+            counter.inc()
+        self._ready.wait()
+        self._release.wait()
+
+    def release(self) -> None:
+        self._release.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def _grid() -> Iterator[Any]:
+    for metrics_count, threads in GRID:
+        yield pytest.param(metrics_count, threads, id=f"m{metrics_count}-t{threads}",
+                           marks=pytest.mark.bench_phase(PHASE_BY_THREADS[threads]))
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize(("metrics_count", "threads"), list(_grid()))
+@pytest.mark.parametrize("candidate", _bench.SCRAPE_CANDIDATES)
+def test_scrape(measure: Measure, subjects: _bench.Subjects, candidate: str, metrics_count: int,
+                threads: int, fmt: str) -> None:
+    try:
+        target = subjects.scrape_target(candidate, metrics_count)
+    except _bench.Unavailable as exc:
+        unavailable(candidate, str(exc))
+    writers = ParkedWriters(target.counters, threads)
+    try:
+        extra = {}
+        if candidate in (_bench.FM_C, _bench.FM_PY):
+            extra["shards_total"] = subjects.core(candidate).stats()["shards_total"]
+        workload = _bench.compile_loop("g(o)", {"g": FORMATS[fmt], "o": target.registry}, unroll=1)
+        measure(workload, candidate, f"scrape.{fmt}.m{metrics_count}.t{threads}",
+                metrics=metrics_count, writer_threads=threads, **extra)
+    finally:
+        writers.release()
