@@ -29,4 +29,4 @@ echo "== tests: Cython extension and pure-Python twin"
 echo "== tests: FASTMETRICS_NO_EXTENSIONS=1 (pure-Python twin selected at import)"
 FASTMETRICS_NO_EXTENSIONS=1 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider -m "not e2e"
 echo "== benchmark gates (quick mode)"
-"$VENV/bin/python" -m pytest bench -q -p no:cacheprovider --bench-quick
+"$VENV/bin/python" -m pytest bench -q -p no:cacheprovider --bench-quick --bench-reps 7

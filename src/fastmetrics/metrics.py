@@ -273,6 +273,26 @@ class _CounterAPI(_MetricWrapper):
         self._init_value()
         self._created = time.time()
 
+    def collect(self) -> Iterable[Metric]:
+        """One family; O(children x live shards).  Builds each Sample once
+        (the generic path builds a tuple, then a Sample)."""
+        metric = self._get_metric()
+        add = metric.samples.append
+        total_name, created_name = self._name + "_total", self._name + "_created"
+        use_created = _pm._use_created
+        if not self._labelnames:
+            add(Sample(total_name, {}, self._get(), None, self._exemplar))
+            if use_created:
+                add(Sample(created_name, {}, self._created, None, None))
+            return [metric]
+        labelnames = self._labelnames
+        for key, child in self._metrics.copy().items():  # type: ignore[attr-defined]
+            labels = dict(zip(labelnames, key))
+            add(Sample(total_name, labels, child._get(), None, child._exemplar))
+            if use_created:
+                add(Sample(created_name, dict(labels), child._created, None, None))
+        return [metric]
+
     def _set_exemplar(self, exemplar: Dict[str, str], amount: Any) -> None:
         _pm._validate_exemplar(exemplar)
         self._exemplar = Exemplar(exemplar, amount, time.time())
