@@ -23,7 +23,9 @@ __all__ = [
 
 
 def get_include() -> str:
-    """Directory holding ``_core_c.pxd`` (for ``include_path`` in a user's ``cythonize``)."""
+    """Directory to put in ``include_path`` of a user's ``cythonize`` so that
+    ``from fastmetrics._core_c cimport CounterCore, counter_add`` finds
+    ``fastmetrics/_core_c.pxd``: the directory *containing* the package."""
     import os
 
-    return os.path.dirname(os.path.abspath(__file__))
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
