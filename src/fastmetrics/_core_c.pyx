@@ -18,7 +18,6 @@ cdef extern from "_shards.h":
     ctypedef struct fm_stats_t:
         Py_ssize_t shards_total, shards_live, chunks, slots_used, slots_free
     Py_ssize_t FM_MAX_SLOTS
-    Py_ssize_t FM_CHUNK_SLOTS
     int fm_init()
     int fm_add(Py_ssize_t slot, double amount) nogil
     double fm_fold(Py_ssize_t slot) nogil

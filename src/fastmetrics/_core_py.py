@@ -332,7 +332,7 @@ def stats() -> Dict[str, int]:
     return {
         "shards_total": len(shards),
         "shards_live": sum(1 for s in shards if s.owner is not None),
-        "chunks": len(shards),
+        "chunks": sum(1 for s in shards if s.values),  # value arrays allocated
         "slots_used": _slots_issued - len(_free_slots),
         "slots_free": len(_free_slots),
     }

@@ -316,12 +316,6 @@ class _CounterAPI(_MetricWrapper):
         self._raise_if_not_observable()
         return ExceptionCounter(self, exception)  # type: ignore[arg-type]
 
-    def _child_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
-        sample = ("_total", {}, self._get(), None, self._exemplar)
-        if _pm._use_created:
-            return (sample, ("_created", {}, self._created, None, None))
-        return (sample,)
-
 
 class _EnumAPI(_MetricWrapper):
     """Python-level half of ``Enum`` (the core base supplies state/labels)."""
