@@ -7,7 +7,10 @@ Drop-in for ``prometheus_client.Counter`` / ``Enum`` and for pycti's
 from ._core import implementation
 from ._version import __version__
 from .metrics import Counter, Enum, disable_created_metrics, enable_created_metrics, shard_stats
+from .multiprocess import _enable_from_environment
 from .opencti import OpenCTIMetricHandler
+
+_enable_from_environment()  # FASTMETRICS_MULTIPROC_DIR: before any metric exists
 
 __all__ = [
     "Counter",

@@ -3,7 +3,7 @@ when ``FASTMETRICS_NO_EXTENSIONS`` is on (1/true/yes) or the extension is not bu
 
 import os
 
-__all__ = ["CounterCore", "EnumCore", "HandlerCore", "implementation", "stats"]
+__all__ = ["CounterCore", "EnumCore", "HandlerCore", "core", "implementation", "stats"]
 
 
 def _extensions_disabled() -> bool:
@@ -12,8 +12,11 @@ def _extensions_disabled() -> bool:
 
 if not _extensions_disabled():
     try:
-        from ._core_c import CounterCore, EnumCore, HandlerCore, implementation, stats
+        from . import _core_c as core
     except ImportError:  # not compiled on this platform
-        from ._core_py import CounterCore, EnumCore, HandlerCore, implementation, stats
+        from . import _core_py as core
 else:
-    from ._core_py import CounterCore, EnumCore, HandlerCore, implementation, stats
+    from . import _core_py as core  # type: ignore[no-redef]
+
+CounterCore, EnumCore, HandlerCore = core.CounterCore, core.EnumCore, core.HandlerCore
+implementation, stats = core.implementation, core.stats

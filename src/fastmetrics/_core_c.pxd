@@ -29,7 +29,7 @@ cdef class CounterCore(MetricCore):
 
 
 cdef class EnumCore(MetricCore):
-    cdef Py_ssize_t _index            # the state word; relaxed atomic
+    cdef Py_ssize_t _slot             # index of the state word (-1 for a parent)
     cdef Py_ssize_t _nstates
     cdef object _state_index          # dict: state -> index
     cdef object _states_list

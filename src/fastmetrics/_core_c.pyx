@@ -27,6 +27,13 @@ cdef extern from "_shards.h":
     void fm_after_fork_parent() nogil
     void fm_after_fork_child() nogil
     fm_stats_t fm_stats() nogil
+    int fm_words_ensure(Py_ssize_t slot) nogil
+    void fm_word_set(Py_ssize_t slot, Py_ssize_t index) nogil
+    Py_ssize_t fm_word_get(Py_ssize_t slot) nogil
+    int fm_mp_enable() nogil
+    int fm_arena_attach(char *base, long long cap) nogil
+    void fm_arena_detach() nogil
+    int fm_arena_record(unsigned int kind, long long arg, const void *data, unsigned int length) nogil
     Py_ssize_t fm_load_ssize(const Py_ssize_t *p) nogil
     void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
     Py_ssize_t fm_exchange_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
@@ -244,6 +251,10 @@ cdef class CounterCore(MetricCore):
         if exemplar:
             self._set_exemplar(exemplar, amount)
 
+    def _slot_index(self):
+        """This value's slot (-1 for a labelled parent); multiprocess metadata."""
+        return fm_load_ssize(&self._slot)
+
     def _get(self):
         """The current total (since creation or the last reset)."""
         cdef Py_ssize_t slot = fm_load_ssize(&self._slot)
@@ -271,20 +282,25 @@ cdef Py_ssize_t _new_slot() except -1:
 
 
 cdef class EnumCore(MetricCore):
-    """An enum value: one word holding the index of the current state.
+    """An enum value: one word (in the shard store's word table, indexed by the
+    enum's slot) holding the index of the current state.
 
     ``state(s)`` is a dict lookup and a relaxed atomic store. Lock-free.
     """
 
     def __cinit__(self, *args, **kwargs):
-        self._index = 0
+        self._slot = -1
         self._nstates = -1
         self._state_index = None
         self._states_list = None
 
+    def __dealloc__(self):
+        if self._slot >= 0:
+            fm_slot_free(self._slot)
+
     def _init_value(self, states):
         """Make this enum observable over ``states`` (declaration order), at state 0."""
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, slot
         self._states_list = list(states)
         self._state_index = {}
         for i, s in enumerate(self._states_list):
@@ -295,6 +311,12 @@ cdef class EnumCore(MetricCore):
                     self._state_ptrs[i] = <PyObject *>s
             except TypeError:                        # unhashable: slow path finds it
                 pass
+        if self._slot < 0:
+            slot = _new_slot()
+            if fm_words_ensure(slot) < 0:
+                fm_slot_free(slot)
+                raise MemoryError("fastmetrics: cannot allocate the enum word")
+            self._slot = slot
         self._nstates = len(self._states_list)
 
     cdef int _set(self, object state) except -1:
@@ -303,7 +325,7 @@ cdef class EnumCore(MetricCore):
             raise ValueError(f"{self._type} metric is missing label values")
         for i in range(n if n < 8 else 8):   # interned literals: a pointer compare
             if self._state_ptrs[i] == <PyObject *>state:
-                fm_store_ssize(&self._index, i)
+                fm_word_set(self._slot, i)
                 return 0
         if PyUnicode_CheckExact(state):
             index = fm_dict_get(self._state_index, state)
@@ -314,7 +336,7 @@ cdef class EnumCore(MetricCore):
                 index = None
         if index is None:
             index = self._states_list.index(state)   # ValueError, worded as upstream
-        fm_store_ssize(&self._index, PyLong_AsSsize_t(index))
+        fm_word_set(self._slot, PyLong_AsSsize_t(index))
         return 0
 
     def state(self, state):
@@ -322,7 +344,11 @@ cdef class EnumCore(MetricCore):
         self._set(state)
 
     def _get_index(self):
-        return fm_load_ssize(&self._index)
+        return fm_word_get(self._slot) if self._nstates >= 0 else 0
+
+    def _slot_index(self):
+        """This enum's slot (-1 for a labelled parent); multiprocess metadata."""
+        return self._slot
 
 
 cdef class HandlerCore:
@@ -432,7 +458,7 @@ cdef int counter_add(CounterCore counter, double amount) noexcept nogil:
 cdef int enum_set(EnumCore enum, Py_ssize_t index) noexcept nogil:
     if index < 0 or index >= enum._nstates:
         return -1
-    fm_store_ssize(&enum._index, index)
+    fm_word_set(enum._slot, index)
     return 0
 
 
@@ -461,3 +487,38 @@ def _after_fork_parent():
 
 def _after_fork_child():
     fm_after_fork_child()
+
+
+# Multiprocess mode (driven by fastmetrics.multiprocess).
+cdef object _arena_view = None     # keeps the mapped file's buffer exported while attached
+
+
+def _mp_enable():
+    """Switch the shard store to multiprocess mode, before any slot exists."""
+    if fm_mp_enable() < 0:
+        raise RuntimeError("fastmetrics: enable multiprocess mode before creating any metric")
+
+
+def _mp_attach(buffer):
+    """Take chunks from ``buffer`` (a writable mapping of this process's file,
+    zero past its header) from now on; enum words move there too."""
+    global _arena_view
+    cdef unsigned char[::1] view = buffer
+    if fm_arena_attach(<char *>&view[0], view.shape[0]) < 0:
+        fm_arena_detach()
+        raise MemoryError("fastmetrics: the multiprocess file is too small")
+    _arena_view = view
+
+
+def _mp_detach():
+    """Stop using the mapped file (before it is closed)."""
+    global _arena_view
+    fm_arena_detach()
+    _arena_view = None
+
+
+def _mp_record(unsigned int kind, long long arg, const unsigned char[::1] payload):
+    """Append a metadata record to this process's file."""
+    cdef const unsigned char *data = &payload[0] if payload.shape[0] else NULL
+    if fm_arena_record(kind, arg, data, payload.shape[0]) < 0:
+        raise MemoryError("fastmetrics: the multiprocess file is full or detached")

@@ -3,11 +3,13 @@
 It is the reference model in the tests and what runs where the extension is not
 built (``FASTMETRICS_NO_EXTENSIONS=1``).  The design mirrors the C store:
 
-- each thread increments only its own shard (a list of floats, one per slot),
-  found through :class:`threading.local`; no lock on the increment;
+- each thread increments only its own shard (chunks of 512 floats, one per
+  slot), found through :class:`threading.local`; no lock on the increment;
 - a shard goes back to a pool, with its counts, when its thread's locals are
   destroyed, and the next thread adopts it;
-- reads sum every shard's float for the slot.
+- reads sum every shard's float for the slot;
+- enum words live in a table of chunks indexed by the enum's slot;
+- in multiprocess mode chunks are views of this process's mapped file.
 
 Every structure shared between threads is a list or dict touched only with
 operations that are atomic in CPython, with or without the GIL (``append``,
@@ -16,22 +18,42 @@ operations that are atomic in CPython, with or without the GIL (``append``,
 
 from __future__ import annotations
 
+import struct
 import threading
-from typing import Any, Dict, List, Optional
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 implementation = "python"
-MAX_SLOTS = 1 << 20
+CHUNK_BITS = 9
+CHUNK_SLOTS = 1 << CHUNK_BITS
+_CHUNK_MASK = CHUNK_SLOTS - 1
+MAX_CHUNKS = 2048
+MAX_SLOTS = CHUNK_SLOTS * MAX_CHUNKS
+_CHUNK_BYTES = 8 * CHUNK_SLOTS
+
+# Arena file layout (must match _shards.h and _mpfile.py).
+_HDR_USED = 64
+_REC_META_OFF = 16
+_REC_DATA_OFF = 128
+_REC_CHUNK = 1
+_REC_WORDS = 2
+_STATE_BITS = 12
+_STATE_MASK = (1 << _STATE_BITS) - 1
+_REC_HEAD = struct.Struct("=IIq")
+_USED = struct.Struct("=q")
 
 _NEGATIVE = "Counters can only be incremented by non-negative amounts."
 
+Chunk = Any  # list of floats/ints, or a memoryview of the mapped file
+
 
 class _Shard:
-    """One thread's partial sums.  Only the owning thread writes ``values``."""
+    """One thread's partial sums.  Only the owning thread writes ``chunks``."""
 
-    __slots__ = ("values", "owner")
+    __slots__ = ("chunks", "owner")
 
     def __init__(self) -> None:
-        self.values: List[float] = []
+        self.chunks: List[Optional[Chunk]] = []
         self.owner: Optional[object] = None  # the owning lease's token (never the lease:
                                              # that cycle would keep the lease alive)
 
@@ -40,16 +62,18 @@ class _Lease:
     """A thread's claim on a shard, held in its thread-locals.
 
     When the thread ends its locals are destroyed and ``__del__`` returns the
-    shard to the pool (counts kept).  ``busy`` marks an increment in progress so
-    that a signal handler re-entering ``inc`` on the same thread writes to a
-    spare shard instead of racing with the interrupted read-modify-write.
+    shard to the pool (counts kept).  ``busy`` marks an increment in progress:
+    a signal handler re-entering ``inc`` on the same thread appends to
+    ``pending`` instead of racing with the interrupted read-modify-write, and
+    the interrupted increment applies it before returning.
     """
 
-    __slots__ = ("shard", "busy", "token")
+    __slots__ = ("shard", "busy", "pending", "token")
 
     def __init__(self, shard: _Shard) -> None:
         self.shard = shard
         self.busy = False
+        self.pending: List[Tuple[int, float]] = []
         self.token = object()
         shard.owner = self.token
 
@@ -65,9 +89,32 @@ class _Lease:
 _all_shards: List[_Shard] = []    # append-only; scrapers iterate it
 _free_shards: List[_Shard] = []   # pool; list.append / list.pop are atomic
 _local = threading.local()
-_slot_lock = threading.Lock()    # slot allocation (cold path)
+_slot_lock = threading.Lock()    # slot allocation and the arena (cold paths)
 _slots_issued = 0
 _free_slots: List[int] = []       # __del__ appends without a lock
+_words: List[Optional[Chunk]] = [None] * MAX_CHUNKS  # enum words by slot >> CHUNK_BITS
+
+# Multiprocess arena (under _slot_lock; _mp is set once, before any slot exists).
+_mp = False
+_arena: Optional[memoryview] = None
+
+
+def _arena_append_locked(kind: int, arg: int, payload_off: int, data: Optional[bytes], length: int) -> Optional[int]:
+    """Append a record (header last, then ``used``); payload offset or None when full."""
+    arena = _arena
+    if arena is None:
+        return None
+    (used,) = _USED.unpack_from(arena, _HDR_USED)
+    size = (payload_off + length + 127) & ~127
+    if used < 0 or size > len(arena) - used:
+        return None
+    if data:
+        arena[used + payload_off:used + payload_off + length] = data
+    _REC_HEAD.pack_into(arena, used, kind, length, arg)
+    _USED.pack_into(arena, _HDR_USED, used + size)
+    return used + payload_off
+
+
 
 
 def _take_shard() -> _Shard:
@@ -88,18 +135,40 @@ def _lease() -> _Lease:
         return lease
 
 
-def _store_add(values: List[float], slot: int, amount: float) -> None:
-    if slot >= len(values):
-        values.extend([0.0] * (slot + 1 - len(values)))
-    values[slot] += amount
+def _chunk_for(shard: _Shard, c: int) -> Chunk:
+    """Cold path: allocate chunk ``c`` of the calling thread's shard."""
+    chunks = shard.chunks
+    if c >= len(chunks):
+        chunks.extend([None] * (c + 1 - len(chunks)))
+    if _mp:
+        with _slot_lock:
+            off = _arena_append_locked(_REC_CHUNK, c, _REC_DATA_OFF, None, _CHUNK_BYTES)
+        if off is None:
+            raise MemoryError("fastmetrics: the multiprocess file is full or detached")
+        chunk = _arena[off:off + _CHUNK_BYTES].cast("d")  # type: ignore[index]
+    else:
+        chunk = [0.0] * CHUNK_SLOTS
+    chunks[c] = chunk
+    return chunk
+
+
+def _store_add(shard: _Shard, slot: int, amount: float) -> None:
+    c = slot >> CHUNK_BITS
+    chunks = shard.chunks
+    chunk = chunks[c] if c < len(chunks) else None
+    if chunk is None:
+        chunk = _chunk_for(shard, c)
+    chunk[slot & _CHUNK_MASK] += amount
 
 
 def _fold(slot: int) -> float:
     total = 0.0
+    c, off = slot >> CHUNK_BITS, slot & _CHUNK_MASK
     for shard in _all_shards:
-        values = shard.values
-        if slot < len(values):
-            total += values[slot]
+        chunks = shard.chunks
+        chunk = chunks[c] if c < len(chunks) else None
+        if chunk is not None:
+            total += chunk[off]
     return total
 
 
@@ -133,11 +202,35 @@ def _slot_alloc() -> int:
 
 
 def _slot_free(slot: int) -> None:
+    """Zero ``slot`` everywhere and recycle it; never in multiprocess mode (the
+    counts belong to the cross-process totals)."""
+    if _mp:
+        return
+    c, off = slot >> CHUNK_BITS, slot & _CHUNK_MASK
     for shard in _all_shards:
-        values = shard.values
-        if slot < len(values):
-            values[slot] = 0.0
+        chunks = shard.chunks
+        chunk = chunks[c] if c < len(chunks) else None
+        if chunk is not None:
+            chunk[off] = 0.0
+    words = _words[c]
+    if words is not None:
+        words[off] = 0
     _free_slots.append(slot)
+
+
+def _words_ensure(slot: int) -> None:
+    """Cold path: make sure the enum word of ``slot`` exists."""
+    c = slot >> CHUNK_BITS
+    with _slot_lock:
+        if _words[c] is not None:
+            return
+        if not _mp:
+            _words[c] = [0] * CHUNK_SLOTS
+            return
+        off = _arena_append_locked(_REC_WORDS, c, _REC_DATA_OFF, None, _CHUNK_BYTES)
+        if off is None:
+            raise MemoryError("fastmetrics: cannot allocate the enum word")
+        _words[c] = _arena[off:off + _CHUNK_BYTES].cast("q")  # type: ignore[index]
 
 
 class MetricCore:
@@ -207,21 +300,31 @@ class CounterCore(MetricCore):
             raise ValueError(f"{self._type} metric is missing label values")  # type: ignore[attr-defined]
         a = _amount(amount)
         lease = _lease()
-        if lease.busy:  # re-entered from a signal handler mid-increment
-            spare = _take_shard()
-            _store_add(spare.values, slot, a)
-            _free_shards.append(spare)
+        if lease.busy:  # a signal handler interrupted an increment on this thread
+            lease.pending.append((slot, a))
             return
+        pending = lease.pending
         lease.busy = True
         try:
-            _store_add(lease.shard.values, slot, a)
+            _store_add(lease.shard, slot, a)
         finally:
             lease.busy = False
+        while pending:  # increments made by handlers while we were busy
+            lease.busy = True
+            try:
+                while pending:
+                    s, x = pending.pop()
+                    _store_add(lease.shard, s, x)
+            finally:
+                lease.busy = False
 
     def inc(self, amount: Any = 1, exemplar: Optional[Dict[str, str]] = None) -> None:
         self._add(amount)
         if exemplar:
             self._set_exemplar(exemplar, amount)  # type: ignore[attr-defined]
+
+    def _slot_index(self) -> int:
+        return self._slot
 
     def _get(self) -> float:
         slot = self._slot
@@ -240,12 +343,18 @@ class CounterCore(MetricCore):
 
 
 class EnumCore(MetricCore):
-    """An enum value: one attribute holding the index of the current state."""
+    """An enum value: the word of its slot in the word table holds the index of
+    the current state (stamped with the wall clock in multiprocess mode)."""
 
-    _index = 0
+    _slot = -1
     _nstates = -1
     _state_index: Dict[Any, int] = {}
     _states_list: List[Any] = []
+
+    def __del__(self) -> None:
+        if self._slot >= 0:
+            _slot_free(self._slot)
+            self._slot = -1
 
     def _init_value(self, states: Any) -> None:
         self._states_list = list(states)
@@ -256,6 +365,14 @@ class EnumCore(MetricCore):
             except TypeError:
                 pass
         self._state_index = index
+        if self._slot < 0:
+            slot = _slot_alloc()
+            try:
+                _words_ensure(slot)
+            except MemoryError:
+                _slot_free(slot)
+                raise
+            self._slot = slot
         self._nstates = len(self._states_list)
 
     def _set(self, state: Any) -> None:
@@ -267,13 +384,22 @@ class EnumCore(MetricCore):
             index = None
         if index is None:
             index = self._states_list.index(state)
-        self._index = index
+        slot = self._slot
+        if _mp:
+            index |= (time.time_ns() // 1000) << _STATE_BITS
+        _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] = index  # type: ignore[index]
 
     def state(self, state: Any) -> None:
         self._set(state)
 
     def _get_index(self) -> int:
-        return self._index
+        slot = self._slot
+        if self._nstates < 0:
+            return 0
+        return _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] & _STATE_MASK  # type: ignore[index,no-any-return]
+
+    def _slot_index(self) -> int:
+        return self._slot
 
 
 class HandlerCore:
@@ -332,7 +458,7 @@ def stats() -> Dict[str, int]:
     return {
         "shards_total": len(shards),
         "shards_live": sum(1 for s in shards if s.owner is not None),
-        "chunks": sum(1 for s in shards if s.values),  # value arrays allocated
+        "chunks": sum(1 for s in shards for c in s.chunks if c is not None),
         "slots_used": _slots_issued - len(_free_slots),
         "slots_free": len(_free_slots),
     }
@@ -349,12 +475,64 @@ def _after_fork_parent() -> None:
 
 
 def _after_fork_child() -> None:
-    """Release the lock, and return the shards of threads that do not exist in
-    the child to the pool, with their counts."""
-    _slot_lock.release()
+    """Return the shards of threads that do not exist in the child to the pool,
+    with their counts, and release the lock.  Multiprocess mode: the chunks are
+    the parent's (its file), so the child starts from zero, and enum words move
+    to the heap until the child attaches a file of its own."""
+    global _arena
     lease = getattr(_local, "lease", None)
     current = lease.token if lease is not None else None
     for shard in _all_shards:
         if shard.owner is not None and shard.owner is not current:
             shard.owner = None
             _free_shards.append(shard)
+        if _mp:
+            shard.chunks = []
+    if _mp:
+        for c, words in enumerate(_words):
+            if words is not None:
+                _words[c] = list(words)
+        _arena = None
+    _slot_lock.release()
+
+
+# Multiprocess mode (driven by fastmetrics.multiprocess).
+
+def _mp_enable() -> None:
+    """Switch the store to multiprocess mode, before any slot exists."""
+    global _mp
+    with _slot_lock:
+        if _slots_issued:
+            raise RuntimeError("fastmetrics: enable multiprocess mode before creating any metric")
+        _mp = True
+
+
+def _mp_attach(buffer: Any) -> None:
+    """Take chunks from ``buffer`` (a writable mapping of this process's file,
+    zero past its header) from now on; enum words move there too."""
+    global _arena
+    with _slot_lock:
+        _arena = memoryview(buffer).cast("B")
+        for c, words in enumerate(_words):
+            if words is None:
+                continue
+            data = struct.pack(f"={CHUNK_SLOTS}q", *words)
+            off = _arena_append_locked(_REC_WORDS, c, _REC_DATA_OFF, data, _CHUNK_BYTES)
+            if off is None:
+                _arena = None
+                raise MemoryError("fastmetrics: the multiprocess file is too small")
+            _words[c] = _arena[off:off + _CHUNK_BYTES].cast("q")
+
+
+def _mp_detach() -> None:
+    """Stop using the mapped file (before it is closed)."""
+    global _arena
+    with _slot_lock:
+        _arena = None
+
+
+def _mp_record(kind: int, arg: int, payload: bytes) -> None:
+    """Append a metadata record to this process's file."""
+    with _slot_lock:
+        if _arena_append_locked(kind, arg, _REC_META_OFF, payload, len(payload)) is None:
+            raise MemoryError("fastmetrics: the multiprocess file is full or detached")

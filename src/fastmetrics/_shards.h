@@ -22,6 +22,17 @@
  *  - The pool and the slot free list are guarded by one C mutex that is only
  *    taken on cold paths (a thread's first increment, thread exit, slot
  *    allocation/release, fork) and never while calling into Python.
+ *  - Enum words live in a second table of chunks indexed by the enum's slot:
+ *    one word per state machine, shared by all threads (last store wins).
+ *
+ * Multiprocess mode (fastmetrics.multiprocess) changes only where chunks come
+ * from: fm_alloc_chunk and fm_words_ensure append them as records to this
+ * process's memory-mapped file (the *arena*; format in _mpfile.py) instead of
+ * the heap, so other processes can read them.  The hot path is unchanged.
+ * Slots are then never recycled (their counts stay in the file), enum words
+ * carry a wall-clock stamp for "most recent" folding, and a forked child
+ * drops every chunk pointer (they point into its parent's file) before
+ * attaching a file of its own.
  *
  * Nothing here relies on the GIL.  This header is included by exactly one
  * translation unit (_core_c.pyx); everything is static.
@@ -40,6 +51,14 @@
 #define FM_CHUNK_MASK (FM_CHUNK_SLOTS - 1)
 #define FM_MAX_CHUNKS 2048
 #define FM_MAX_SLOTS ((Py_ssize_t)FM_CHUNK_SLOTS * FM_MAX_CHUNKS)
+#define FM_CHUNK_BYTES (8 * FM_CHUNK_SLOTS)
+
+/* Arena file layout (must match _mpfile.py). */
+#define FM_HDR_USED 64           /* int64: end of the published records */
+#define FM_REC_META_OFF 16       /* payload offset of metadata records */
+#define FM_REC_DATA_OFF 128      /* payload offset of chunk records (cache-line aligned) */
+enum { FM_REC_CHUNK = 1, FM_REC_WORDS = 2 };
+#define FM_STATE_BITS 12         /* enum word = index | (stamp_us << FM_STATE_BITS) */
 
 #if defined(__GNUC__) || defined(__clang__)
 #  define FM_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -86,6 +105,9 @@ static inline void *fm_load_ptr_acquire(void *const *p) {
 static inline void fm_store_ptr_release(void **p, void *v) {
     InterlockedExchangePointer(p, v);
 }
+static inline void fm_store_i64_release(int64_t *p, int64_t v) {
+    InterlockedExchange64((volatile LONG64 *)p, (LONG64)v);
+}
 #  define FM_THREAD_LOCAL __declspec(thread)
 #else
 static inline double fm_load_double(const double *p) {
@@ -109,6 +131,9 @@ static inline void *fm_load_ptr_acquire(void *const *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 static inline void fm_store_ptr_release(void **p, void *v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline void fm_store_i64_release(int64_t *p, int64_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 #  if defined(__linux__) && defined(__GLIBC__)
@@ -158,6 +183,47 @@ static Py_ssize_t fm_free_slots_len = 0, fm_free_slots_cap = 0;
 
 static FM_THREAD_LOCAL fm_shard *fm_tls_shard = NULL;
 static int fm_initialized = 0;
+
+static Py_ssize_t *fm_words[FM_MAX_CHUNKS];  /* enum words; release-published */
+
+/* Multiprocess arena: this process's mapped file, or NULL (all under fm_lock;
+ * fm_mp is set once, before any slot exists). */
+static int fm_mp = 0;
+static char *fm_arena = NULL;
+static int64_t fm_arena_cap = 0;
+
+/* Append a record to the arena and publish it (header last, then `used` with
+ * a release store, so a reader that sees `used` sees the whole record).
+ * Copies `length` bytes of `data`, or leaves them zero (a fresh file is zero).
+ * Returns the payload, or NULL when detached or full.  Caller holds fm_lock. */
+static char *fm_arena_append_locked(uint32_t kind, int64_t arg, int64_t payload_off,
+                                    const void *data, uint32_t length) {
+    int64_t used, size;
+    char *rec;
+    if (fm_arena == NULL) return NULL;
+    memcpy(&used, fm_arena + FM_HDR_USED, 8);    /* only this process writes it */
+    size = (payload_off + (int64_t)length + FM_CACHE_LINE - 1) & ~(int64_t)(FM_CACHE_LINE - 1);
+    if (used < 0 || size > fm_arena_cap - used) return NULL;
+    rec = fm_arena + used;
+    if (data != NULL) memcpy(rec + payload_off, data, length);
+    memcpy(rec + 4, &length, 4);
+    memcpy(rec + 8, &arg, 8);
+    memcpy(rec, &kind, 4);
+    fm_store_i64_release((int64_t *)(fm_arena + FM_HDR_USED), used + size);
+    return rec + payload_off;
+}
+
+/* Wall-clock microseconds for enum stamps (multiprocess mode only). */
+#if defined(_WIN32)
+static inline int64_t fm_now_us(void) { return 0; }   /* multiprocess mode is POSIX-only */
+#else
+#  include <time.h>
+static inline int64_t fm_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+#endif
 
 static void fm_release_shard_locked(fm_shard *s) {
     if (s->in_use) {
@@ -239,9 +305,17 @@ static fm_shard *fm_acquire_shard(void) {
     return s;
 }
 
-/* Cold path: allocate chunk `c` of the calling thread's shard. */
+/* Cold path: allocate chunk `c` of the calling thread's shard, from the heap
+ * or, in multiprocess mode, from this process's file.  Safe without the GIL. */
 static double *fm_alloc_chunk(fm_shard *s, Py_ssize_t c) {
-    double *chunk = (double *)fm_aligned_zalloc(sizeof(double) * FM_CHUNK_SLOTS);
+    double *chunk;
+    if (fm_mp) {
+        fm_mutex_lock(&fm_lock);
+        chunk = (double *)fm_arena_append_locked(FM_REC_CHUNK, c, FM_REC_DATA_OFF, NULL, FM_CHUNK_BYTES);
+        fm_mutex_unlock(&fm_lock);
+    } else {
+        chunk = (double *)fm_aligned_zalloc(FM_CHUNK_BYTES);
+    }
     if (chunk == NULL) return NULL;
     fm_store_ptr_release((void **)&s->chunks[c], chunk);
 #if defined(_MSC_VER) && !defined(__clang__)
@@ -305,16 +379,21 @@ static Py_ssize_t fm_slot_alloc(void) {
 }
 
 /* Release a slot whose owner object is gone (no writer can still hold it):
- * zero it in every shard so the next owner starts at 0, then recycle it. */
+ * zero it in every shard and its enum word so the next owner starts at 0,
+ * then recycle it.  In multiprocess mode a slot keeps its counts (they are
+ * part of the cross-process totals) and is never reused. */
 static void fm_slot_free(Py_ssize_t slot) {
     Py_ssize_t c = slot >> FM_CHUNK_BITS, off = slot & FM_CHUNK_MASK;
     fm_shard *s;
-    if (slot < 0) return;
+    Py_ssize_t *words;
+    if (slot < 0 || fm_mp) return;
     fm_mutex_lock(&fm_lock);
     for (s = fm_all_shards; s != NULL; s = s->next_all) {
         double *chunk = (double *)fm_load_ptr_acquire((void *const *)&s->chunks[c]);
         if (chunk != NULL) fm_store_double(chunk + off, 0.0);
     }
+    words = (Py_ssize_t *)fm_load_ptr_acquire((void *const *)&fm_words[c]);
+    if (words != NULL) fm_store_ssize(words + off, 0);
     if (fm_free_slots_len == fm_free_slots_cap) {
         Py_ssize_t cap = fm_free_slots_cap ? fm_free_slots_cap * 2 : 64;
         Py_ssize_t *grown = (Py_ssize_t *)realloc(fm_free_slots, sizeof(Py_ssize_t) * cap);
@@ -336,10 +415,113 @@ static void fm_before_fork(void) { fm_mutex_lock(&fm_lock); }
 static void fm_after_fork_parent(void) { fm_mutex_unlock(&fm_lock); }
 static void fm_after_fork_child(void) {
     fm_shard *s;
+    Py_ssize_t c;
     for (s = fm_all_shards; s != NULL; s = s->next_all) {
         if (s != fm_tls_shard) fm_release_shard_locked(s);
+        /* Multiprocess: these chunks are the parent's, in the parent's file.
+         * The child starts from zero in a file of its own. */
+        if (fm_mp) memset(s->chunks, 0, sizeof(s->chunks));
+    }
+    if (fm_mp) {
+        /* Enum states carry over: move the words to the heap until the child
+         * attaches its file (fm_arena_attach copies them there). */
+        for (c = 0; c < FM_MAX_CHUNKS; c++) {
+            if (fm_words[c] != NULL) {
+                Py_ssize_t *copy = (Py_ssize_t *)fm_aligned_zalloc(FM_CHUNK_BYTES);
+                if (copy != NULL) memcpy(copy, fm_words[c], FM_CHUNK_BYTES);
+                fm_words[c] = copy;   /* NULL on OOM: that state restarts at 0 */
+            }
+        }
+        fm_arena = NULL;
+        fm_arena_cap = 0;
+        fm_chunks_total = 0;
     }
     fm_mutex_unlock(&fm_lock);
+}
+
+/* Multiprocess: attach this process's freshly created file (zero past its
+ * header) and move the enum words into it.  Only while no other thread can
+ * touch enum words: at enable() (no slot exists yet) or in a fork child's
+ * hook (one thread).  0, or -1 when the file is too small. */
+static int fm_arena_attach(char *base, int64_t cap) {
+    Py_ssize_t c;
+    int rc = 0;
+    fm_mutex_lock(&fm_lock);
+    fm_arena = base;
+    fm_arena_cap = cap;
+    for (c = 0; c < FM_MAX_CHUNKS && rc == 0; c++) {
+        Py_ssize_t *old = fm_words[c];
+        if (old != NULL) {
+            char *p = fm_arena_append_locked(FM_REC_WORDS, c, FM_REC_DATA_OFF, old, FM_CHUNK_BYTES);
+            if (p == NULL) { rc = -1; break; }
+            fm_store_ptr_release((void **)&fm_words[c], p);
+            free(old);   /* the heap copy made by fm_after_fork_child */
+        }
+    }
+    fm_mutex_unlock(&fm_lock);
+    return rc;
+}
+
+/* Multiprocess: forget the arena (its mapping is about to be closed). */
+static void fm_arena_detach(void) {
+    fm_mutex_lock(&fm_lock);
+    fm_arena = NULL;
+    fm_arena_cap = 0;
+    fm_mutex_unlock(&fm_lock);
+}
+
+/* Switch to multiprocess mode; -1 if a slot was ever allocated (its chunks
+ * would be on the heap, invisible to other processes). */
+static int fm_mp_enable(void) {
+    int rc = 0;
+    fm_mutex_lock(&fm_lock);
+    if (fm_next_slot != 0) rc = -1;
+    else fm_mp = 1;
+    fm_mutex_unlock(&fm_lock);
+    return rc;
+}
+
+/* Multiprocess: append a metadata record (payload copied). -1 when full. */
+static int fm_arena_record(uint32_t kind, int64_t arg, const void *data, uint32_t length) {
+    char *p;
+    fm_mutex_lock(&fm_lock);
+    p = fm_arena_append_locked(kind, arg, FM_REC_META_OFF, data, length);
+    fm_mutex_unlock(&fm_lock);
+    return p == NULL ? -1 : 0;
+}
+
+/* Cold path: make sure the enum word of `slot` exists (at enum creation). */
+static int fm_words_ensure(Py_ssize_t slot) {
+    Py_ssize_t c = slot >> FM_CHUNK_BITS;
+    Py_ssize_t *words;
+    int rc = 0;
+    fm_mutex_lock(&fm_lock);
+    if (fm_words[c] == NULL) {
+        words = fm_mp
+            ? (Py_ssize_t *)fm_arena_append_locked(FM_REC_WORDS, c, FM_REC_DATA_OFF, NULL, FM_CHUNK_BYTES)
+            : (Py_ssize_t *)fm_aligned_zalloc(FM_CHUNK_BYTES);
+        if (words == NULL) rc = -1;
+        else fm_store_ptr_release((void **)&fm_words[c], words);
+    }
+    fm_mutex_unlock(&fm_lock);
+    return rc;
+}
+
+/* Hot path: the enum word of `slot` (fm_words_ensure ran at creation). */
+static inline Py_ssize_t *fm_word_ptr(Py_ssize_t slot) {
+    return (Py_ssize_t *)fm_load_ptr_acquire((void *const *)&fm_words[slot >> FM_CHUNK_BITS])
+           + (slot & FM_CHUNK_MASK);
+}
+
+/* Hot path: store state `index` (< 2**FM_STATE_BITS), stamped in multiprocess mode. */
+static inline void fm_word_set(Py_ssize_t slot, Py_ssize_t index) {
+    Py_ssize_t word = index;
+    if (fm_mp) word |= (Py_ssize_t)(fm_now_us() << FM_STATE_BITS);
+    fm_store_ssize(fm_word_ptr(slot), word);
+}
+
+static inline Py_ssize_t fm_word_get(Py_ssize_t slot) {
+    return fm_load_ssize(fm_word_ptr(slot)) & (((Py_ssize_t)1 << FM_STATE_BITS) - 1);
 }
 
 typedef struct {

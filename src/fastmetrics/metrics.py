@@ -46,27 +46,39 @@ _children_lock = threading.Lock()
 # Registered here, once, because Python runs `before` hooks in reverse
 # registration order: per-module registration would make the order depend on
 # import order and could deadlock.
+# Multiprocess mode (fastmetrics.multiprocess) installs its metadata recorder
+# here; its lock sits between the children lock and the cores' locks.
 _FORK_AWARE_CORES = ("fastmetrics._core_c", "fastmetrics._core_py")
-_cores_held_across_fork: list = []
+_mp_recorder: Any = None
+_held_across_fork: list = []   # [recorder or None, *cores]
 
 
 def _before_fork() -> None:
     _children_lock.acquire()
+    recorder = _mp_recorder
+    if recorder is not None:
+        recorder.before_fork()
     cores = [sys.modules[name] for name in _FORK_AWARE_CORES if name in sys.modules]
     for core in cores:
         core._before_fork()
-    _cores_held_across_fork[:] = cores
+    _held_across_fork[:] = [recorder, *cores]
 
 
 def _after_fork_parent() -> None:
-    for core in reversed(_cores_held_across_fork):
+    recorder, *cores = _held_across_fork
+    for core in reversed(cores):
         core._after_fork_parent()
+    if recorder is not None:
+        recorder.after_fork_parent()
     _children_lock.release()
 
 
 def _after_fork_child() -> None:
-    for core in reversed(_cores_held_across_fork):
+    recorder, *cores = _held_across_fork
+    for core in reversed(cores):
         core._after_fork_child()
+    if recorder is not None:
+        recorder.after_fork_child()   # a file of its own for the child
     _children_lock.release()
 
 
@@ -272,6 +284,8 @@ class _CounterAPI(_MetricWrapper):
         self._exemplar: Optional[Exemplar] = None
         self._init_value()
         self._created = time.time()
+        if _mp_recorder is not None:
+            _mp_recorder.counter_created(self)
 
     def collect(self) -> Iterable[Metric]:
         """One family; O(children x live shards).  Builds each Sample once
@@ -306,8 +320,11 @@ class _CounterAPI(_MetricWrapper):
         """Reset to zero (and ``_created`` to now), for a logical process restart.
         An increment racing with the reset may land on either side of it."""
         with _children_lock:
+            old_slot = self._slot_index()
             self._reset_value()
             self._created = time.time()
+            if _mp_recorder is not None and old_slot >= 0:
+                _mp_recorder.counter_reset(self, old_slot)
 
     def count_exceptions(
         self, exception: Union[Type[BaseException], Tuple[Type[BaseException], ...]] = Exception
@@ -352,7 +369,11 @@ class _EnumAPI(_MetricWrapper):
         self._kwargs["states"] = states
 
     def _metric_init(self) -> None:
+        if _mp_recorder is not None:
+            _mp_recorder.check_states(self._states)
         self._init_value(self._states)
+        if _mp_recorder is not None:
+            _mp_recorder.enum_created(self)
 
     @property
     def _value(self) -> int:

@@ -1,0 +1,520 @@
+"""Multiprocess mode: every process's shards in its own memory-mapped file.
+
+Turn it on before any metric exists, with ``FASTMETRICS_MULTIPROC_DIR`` set
+when :mod:`fastmetrics` is imported, or with :func:`enable`.  From then on the
+shard store takes its chunks from ``<dir>/<pid>-<uid>.fm`` instead of the
+heap: an increment is the same single-writer store as in-process, into shared
+memory (no lock, no syscall, no pid check).  Each metric value's name, help
+and labels are written to the file when it is created, so any process can fold
+the directory with :class:`MultiProcessCollector` without declaring a metric.
+
+A forked child (``multiprocessing`` fork/forkserver, pre-fork servers) gets a
+file of its own from an ``os.register_at_fork`` hook and starts from zero; its
+parent's counts stay in the parent's file.  A spawned child inherits the
+directory through the environment variable (:func:`enable` sets it).
+
+A process holds an exclusive ``flock`` on its file while it lives; the kernel
+drops it when the process exits, however it exits (SIGKILL included).  That is
+how :func:`compact` knows which files belong to exited processes: it folds
+them into ``archive.fm`` and deletes them, so the directory stays as large as
+the number of live processes.  POSIX only (``fcntl.flock``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import threading
+import time
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+
+from . import _core, _mpfile, metrics
+from ._mpfile import CorruptFile, Meta, ParsedFile, SeriesKey
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["ENV_DIR", "MultiProcessCollector", "compact", "directory", "enable"]
+
+ENV_DIR = "FASTMETRICS_MULTIPROC_DIR"
+ENV_CAPACITY = "FASTMETRICS_MULTIPROC_CAPACITY"
+DEFAULT_CAPACITY = 64 << 20   # bytes reserved per process file (sparse until used)
+ENUM_MODES = ("pid", "mostrecent")
+STALE_TEMP_SECONDS = 60.0
+
+log = logging.getLogger("fastmetrics.multiprocess")
+
+
+class _ProcessFile:
+    """This process's file: the descriptor holding its flock and the mapping."""
+
+    def __init__(self, path: str, fd: int, mm: mmap.mmap) -> None:
+        self.path, self.fd, self.mm = path, fd, mm
+
+    @classmethod
+    def create(cls, directory: str, capacity: int) -> "_ProcessFile":
+        """Create, lock, map and publish (rename) a new file, so readers never
+        see a file without its owner's lock."""
+        uid, pid = _mpfile.new_uid(), os.getpid()
+        name = _mpfile.process_file_name(pid, uid)
+        path, tmp = os.path.join(directory, name), os.path.join(directory, f".{name}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)   # a new inode: never contended
+            os.ftruncate(fd, capacity)       # sparse: pages cost nothing until touched
+            os.pwrite(fd, _mpfile.header(pid, time.time_ns(), capacity, uid), 0)
+            mm = mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return cls(path, fd, mm)
+
+    def close(self) -> None:
+        """Unmap and close (the file stays; in a fork child this drops the
+        inherited descriptors so the parent's lock dies with the parent)."""
+        try:
+            self.mm.close()
+        except BufferError:  # a view is still exported; the mapping stays
+            log.debug("fastmetrics: %s stays mapped (a view is still exported)", self.path)
+        os.close(self.fd)
+
+
+class _Recorder:
+    """Writes each metric value's metadata to this process's file and replays
+    it into a fork child's new file.  Called by :mod:`fastmetrics.metrics`."""
+
+    def __init__(self, directory: str, capacity: int, file: _ProcessFile) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        self.file: Optional[_ProcessFile] = file
+        self.lock = threading.Lock()   # lock order: children lock, this, the core's
+        self.records: Dict[int, Tuple[int, bytes]] = {}   # slot -> (kind, payload)
+
+    def _write(self, kind: int, slot: int, payload: bytes) -> None:
+        with self.lock:
+            _core.core._mp_record(kind, slot, payload)
+            self.records[slot] = (kind, payload)
+
+    def counter_created(self, metric: Any) -> None:
+        self._write(_mpfile.COUNTER, metric._slot_index(), _mpfile.meta_payload(_meta(metric, "counter", ())))
+
+    def counter_reset(self, metric: Any, old_slot: int) -> None:
+        with self.lock:
+            _core.core._mp_record(_mpfile.RETIRE, old_slot, b"")
+            self.records.pop(old_slot, None)
+        self.counter_created(metric)
+
+    @staticmethod
+    def check_states(states: Iterable[Any]) -> None:
+        if len(list(states)) > _mpfile.MAX_STATES:
+            raise ValueError(f"fastmetrics multiprocess mode supports at most {_mpfile.MAX_STATES} enum states")
+
+    def enum_created(self, metric: Any) -> None:
+        states = tuple(str(s) for s in metric._states)
+        self._write(_mpfile.ENUM, metric._slot_index(), _mpfile.meta_payload(_meta(metric, "stateset", states)))
+
+    # fork: held across it (after the children lock, before the core's).
+    def before_fork(self) -> None:
+        self.lock.acquire()
+
+    def after_fork_parent(self) -> None:
+        self.lock.release()
+
+    def after_fork_child(self) -> None:
+        """Runs after the core dropped the parent's chunks: attach a new file
+        and replay the metadata of every value this process knows."""
+        try:
+            _core.core._mp_detach()
+            if self.file is not None:
+                self.file.close()
+            self.file = None
+            self.file = _ProcessFile.create(self.directory, self.capacity)
+            _core.core._mp_attach(self.file.mm)
+            for slot, (kind, payload) in sorted(self.records.items()):
+                _core.core._mp_record(kind, slot, payload)
+        except Exception:  # noqa: BLE001 - a fork hook cannot raise
+            log.exception("fastmetrics: cannot create this process's multiprocess file in %s; "
+                          "increments will raise MemoryError", self.directory)
+        finally:
+            self.lock.release()
+
+
+def _meta(metric: Any, kind: str, states: Tuple[str, ...]) -> Meta:
+    return Meta(kind, metric._name, metric._documentation, metric._unit, tuple(metric._labelnames),
+                tuple(metric._labelvalues), states)
+
+
+_enable_lock = threading.Lock()
+_recorder: Optional[_Recorder] = None
+
+
+def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str:
+    """Turn on multiprocess mode for this process and the processes it starts.
+
+    ``path`` defaults to ``$FASTMETRICS_MULTIPROC_DIR``; it is created if
+    missing and exported in that variable so spawned children follow.
+    ``capacity`` (default 64 MiB, or ``$FASTMETRICS_MULTIPROC_CAPACITY``) is
+    the size reserved for each process file, sparse: a thread's first
+    increment of every 512 slots takes 4 KiB of it.
+
+    Must run before any metric is created (``RuntimeError`` otherwise);
+    calling it again with the same directory is a no-op, with another one a
+    ``RuntimeError``.  ``NotImplementedError`` where ``fcntl.flock`` is
+    missing (Windows).  Returns the absolute directory.
+    """
+    global _recorder
+    if fcntl is None or not hasattr(os, "register_at_fork"):
+        raise NotImplementedError("fastmetrics multiprocess mode needs POSIX (fcntl.flock, os.register_at_fork)")
+    path = path or os.environ.get(ENV_DIR)
+    if not path:
+        raise ValueError(f"no directory given and {ENV_DIR} is not set")
+    path = os.path.abspath(path)
+    if capacity is None:
+        capacity = int(os.environ.get(ENV_CAPACITY) or DEFAULT_CAPACITY)
+    if capacity < 64 * 1024 or capacity % mmap.PAGESIZE:
+        raise ValueError(f"capacity must be a multiple of {mmap.PAGESIZE} bytes, at least 64 KiB")
+    with _enable_lock:
+        if _recorder is not None:
+            if _recorder.directory != path:
+                raise RuntimeError(f"multiprocess mode is already enabled with {_recorder.directory}")
+            return path
+        os.makedirs(path, exist_ok=True)
+        file = _ProcessFile.create(path, capacity)
+        try:
+            _core.core._mp_enable()
+            _core.core._mp_attach(file.mm)
+        except BaseException:
+            file.close()
+            os.unlink(file.path)
+            raise
+        _recorder = _Recorder(path, capacity, file)
+        metrics._mp_recorder = _recorder
+        os.environ[ENV_DIR] = path
+        if capacity != DEFAULT_CAPACITY:
+            os.environ[ENV_CAPACITY] = str(capacity)
+        return path
+
+
+def directory() -> Optional[str]:
+    """The directory this process writes to, or None when the mode is off."""
+    return _recorder.directory if _recorder is not None else None
+
+
+# -- reading --------------------------------------------------------------------
+
+class _DirLock:
+    """``flock`` on ``<dir>/.lock``: scrapes share it, compaction holds it alone,
+    so a scrape never sees a file both in the archive and on its own."""
+
+    def __init__(self, path: str, exclusive: bool, blocking: bool = True) -> None:
+        self.path, self.exclusive, self.blocking = os.path.join(path, _mpfile.LOCK_NAME), exclusive, blocking
+        self.fd = -1
+
+    def __enter__(self) -> bool:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        op = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(self.fd, op)
+            return True
+        except BlockingIOError:
+            return False
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)   # drops the lock
+
+
+def _is_live(path: str) -> bool:
+    """Whether the file's owner is alive (it holds an exclusive flock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _process_files(path: str) -> List[str]:
+    return sorted(name for name in os.listdir(path) if _mpfile.is_process_file(name))
+
+
+class Snapshot(NamedTuple):
+    """What :func:`read_directory` found: the folded series and the skipped files."""
+
+    counters: Dict[SeriesKey, float]
+    enums: Dict[Tuple[SeriesKey, Optional[int]], int]   # (series, pid or None) -> word
+    families: Dict[str, Meta]                            # name -> the newest metadata
+    skipped: List[Tuple[str, str]]                       # (path, reason)
+    files: int
+
+
+def read_directory(path: str, enum_mode: str = "pid") -> Snapshot:
+    """Fold the archive and every process file in ``path``.  Counters are
+    summed; enums are per live process (``pid``) or the most recent state
+    (``mostrecent``).  Invalid files are skipped and listed, never raised."""
+    if enum_mode not in ENUM_MODES:
+        raise ValueError(f"enum_mode must be one of {ENUM_MODES}, not {enum_mode!r}")
+    skipped: List[Tuple[str, str]] = []
+    parsed: List[Tuple[ParsedFile, bool]] = []   # (file, owner alive)
+    archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
+    with _DirLock(path, exclusive=False):
+        archive: Optional[ParsedFile] = None
+        try:
+            archive = _mpfile.parse_optional(archive_path)
+        except (CorruptFile, OSError) as e:
+            skipped.append((archive_path, str(e)))
+        absorbed = archive.absorbed if archive is not None else set()
+        for name in _process_files(path):
+            file_path = os.path.join(path, name)
+            try:
+                pf = _mpfile.read(file_path)
+                if pf.archive:
+                    raise CorruptFile("an archive under a process file's name")
+            except FileNotFoundError:
+                continue
+            except (CorruptFile, OSError) as e:
+                skipped.append((file_path, str(e)))
+                continue
+            if pf.uid in absorbed:
+                continue   # folded into the archive; deletion is pending
+            parsed.append((pf, enum_mode == "pid" and _is_live(file_path)))
+    parsed.sort(key=lambda item: -item[0].created_ns)   # newest first: its metadata wins
+    if archive is not None:
+        parsed.append((archive, False))
+
+    counters: Dict[SeriesKey, float] = {}
+    enums: Dict[Tuple[SeriesKey, Optional[int]], int] = {}
+    families: Dict[str, Meta] = {}
+    for pf, live in parsed:
+        mismatched: Set[str] = set()
+        for key, meta in pf.metas.items():
+            family = families.setdefault(meta.name, meta)
+            if family.type != meta.type or family.labelnames != meta.labelnames or family.states != meta.states:
+                mismatched.add(meta.name)
+                continue
+            if meta.type == "counter":
+                counters[key] = counters.get(key, 0.0) + pf.counters[key]
+            elif enum_mode == "pid":
+                if live:
+                    enums[(key, pf.pid)] = pf.enums[key]
+            else:
+                word, best = pf.enums[key], enums.get((key, None))
+                if best is None or (word >> _mpfile.STATE_BITS) > (best >> _mpfile.STATE_BITS):
+                    enums[(key, None)] = word
+        for name in sorted(mismatched):
+            skipped.append((pf.path, f"{name}: type, labels or states differ from the newest file; series skipped"))
+    return Snapshot(counters, enums, families, skipped, len(parsed))
+
+
+def _families(snapshot: Snapshot) -> List[Metric]:
+    by_name: Dict[str, Metric] = {}
+    for name in sorted(snapshot.families):
+        meta = snapshot.families[name]
+        by_name[name] = Metric(name, meta.doc, meta.type, meta.unit)
+    for (name, values), value in sorted(snapshot.counters.items()):
+        meta = snapshot.families[name]
+        by_name[name].samples.append(Sample(name + "_total", dict(zip(meta.labelnames, values)), value, None, None))
+    for ((name, values), pid), word in sorted(snapshot.enums.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        meta = snapshot.families[name]
+        labels = dict(zip(meta.labelnames, values))
+        if pid is not None:
+            labels["pid"] = str(pid)
+        current = word & (_mpfile.MAX_STATES - 1)
+        for i, state in enumerate(meta.states):
+            by_name[name].samples.append(Sample(name, dict(labels, **{name: state}), 1 if i == current else 0, None, None))
+    return [m for m in by_name.values() if m.samples]
+
+
+class MultiProcessCollector(Collector):
+    """Folds every process file in a directory into one set of families.
+
+    Register it in a fresh ``CollectorRegistry`` (the default registry holds
+    this process's own values) and serve that registry with any exporter::
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        start_http_server(8000, registry=registry)
+
+    Counters are summed over all processes, exited ones included.  Enums are
+    exposed per live process with a ``pid`` label (``enum_mode="pid"``), or as
+    the state set most recently in any process (``"mostrecent"``, by wall
+    clock, exited processes included).  Unless ``compact=False``, each scrape
+    first folds the files of exited processes into the archive.  Files that
+    fail validation are skipped, logged once, and listed in ``skipped``.
+    Thread-safe; a scrape is O(files + series).
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry], path: Optional[str] = None, *,
+                 enum_mode: str = "pid", compact: bool = True) -> None:
+        path = path or os.environ.get(ENV_DIR)
+        if not path or not os.path.isdir(path):
+            raise ValueError(f"env {ENV_DIR} is not set or not a directory")
+        if enum_mode not in ENUM_MODES:
+            raise ValueError(f"enum_mode must be one of {ENUM_MODES}, not {enum_mode!r}")
+        if fcntl is None:
+            raise NotImplementedError("fastmetrics multiprocess mode needs POSIX (fcntl.flock)")
+        self._path = path
+        self._enum_mode = enum_mode
+        self._compact = compact
+        self._reported: Set[Tuple[str, str]] = set()
+        self.skipped: List[Tuple[str, str]] = []
+        if registry:
+            registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        skipped: List[Tuple[str, str]] = []
+        if self._compact:
+            try:
+                skipped += compact(self._path, blocking=False).skipped
+            except OSError as e:   # e.g. a read-only directory: still serve what is there
+                skipped.append((self._path, f"compaction failed: {e}"))
+        snapshot = read_directory(self._path, self._enum_mode)
+        self.skipped = skipped + snapshot.skipped
+        for item in self.skipped:
+            if item not in self._reported:
+                self._reported.add(item)
+                log.warning("fastmetrics: skipped %s: %s", *item)
+        return iter(_families(snapshot))
+
+
+class CompactionResult(NamedTuple):
+    absorbed: int                    # exited processes' files folded in this time
+    removed: int                     # files deleted
+    skipped: List[Tuple[str, str]]   # (path, reason): invalid files set aside
+    ran: bool                        # False when another process was compacting
+
+
+def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionResult:
+    """Fold the files of exited processes into ``archive.fm`` and delete them.
+
+    Crash-safe: the new archive (which lists the uids it absorbed) replaces the
+    old one atomically before any file is deleted, and readers ignore a file
+    whose uid the archive lists.  An invalid exited file is renamed to
+    ``*.corrupt`` and reported.  With ``blocking=False`` it returns at once
+    (``ran=False``) if another process is compacting.
+    """
+    path = path or os.environ.get(ENV_DIR)
+    if not path:
+        raise ValueError(f"no directory given and {ENV_DIR} is not set")
+    skipped: List[Tuple[str, str]] = []
+    with _DirLock(path, exclusive=True, blocking=blocking) as locked:
+        if not locked:
+            return CompactionResult(0, 0, skipped, False)
+        names = _process_files(path)
+        dead: List[Tuple[str, int]] = []   # (path, fd holding its lock)
+        try:
+            for name in names:
+                file_path = os.path.join(path, name)
+                try:
+                    fd = os.open(file_path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)   # its owner is alive
+                    continue
+                dead.append((file_path, fd))
+            _remove_stale_temps(path)
+            if not dead:
+                return CompactionResult(0, 0, skipped, True)
+            return _fold_into_archive(path, names, dead, skipped)
+        finally:
+            for _, fd in dead:
+                os.close(fd)
+
+
+def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
+                       skipped: List[Tuple[str, str]]) -> CompactionResult:
+    archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
+    try:
+        archive = _mpfile.parse_optional(archive_path)
+    except CorruptFile as e:
+        aside = f"{archive_path}.corrupt-{time.time_ns()}"
+        os.replace(archive_path, aside)
+        skipped.append((archive_path, f"{e}; moved to {os.path.basename(aside)}"))
+        archive = None
+    counters = dict(archive.counters) if archive else {}
+    enums = dict(archive.enums) if archive else {}
+    metas = dict(archive.metas) if archive else {}
+    old_absorbed = archive.absorbed if archive else set()
+    present = {bytes.fromhex(name.rsplit("-", 1)[-1][:-len(_mpfile.SUFFIX)]) for name in names
+               if _looks_like_uid(name)}
+    absorbed = old_absorbed & present
+    to_delete: List[str] = []
+    for file_path, _fd in dead:
+        try:
+            pf = _mpfile.read(file_path)
+            if pf.archive:
+                raise CorruptFile("an archive under a process file's name")
+        except (CorruptFile, OSError) as e:
+            os.replace(file_path, file_path + ".corrupt")
+            skipped.append((file_path, f"{e}; moved to {os.path.basename(file_path)}.corrupt"))
+            continue
+        to_delete.append(file_path)
+        if pf.uid in old_absorbed:
+            continue   # folded by an earlier compaction that stopped before deleting it
+        absorbed.add(pf.uid)
+        for key, meta in pf.metas.items():
+            known = metas.setdefault(key, meta)
+            if (known.type, known.labelnames, known.states) != (meta.type, meta.labelnames, meta.states):
+                skipped.append((file_path, f"{meta.name}: type, labels or states differ from the archive; dropped"))
+                continue
+            if meta.type == "counter":
+                counters[key] = counters.get(key, 0.0) + pf.counters[key]
+            else:
+                word, best = pf.enums[key], enums.get(key)
+                if best is None or (word >> _mpfile.STATE_BITS) >= (best >> _mpfile.STATE_BITS):
+                    enums[key] = word
+    if to_delete:
+        _mpfile.write_archive(archive_path, counters, enums, metas, absorbed,
+                              archive.uid if archive else _mpfile.new_uid(),
+                              archive.created_ns if archive else time.time_ns())
+    for file_path in to_delete:
+        try:
+            os.unlink(file_path)
+        except FileNotFoundError:
+            pass
+    return CompactionResult(len(to_delete), len(to_delete), skipped, True)
+
+
+def _looks_like_uid(name: str) -> bool:
+    stem = name[:-len(_mpfile.SUFFIX)]
+    tail = stem.rsplit("-", 1)[-1]
+    return len(tail) == 32 and all(c in "0123456789abcdef" for c in tail)
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Delete temp files left by a process that died while creating its file."""
+    now = time.time()
+    for name in os.listdir(path):
+        if name.startswith(".") and name.endswith(".tmp"):
+            file_path = os.path.join(path, name)
+            try:
+                if now - os.stat(file_path).st_mtime > STALE_TEMP_SECONDS and not _is_live(file_path):
+                    os.unlink(file_path)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+
+
+def _enable_from_environment() -> None:
+    if os.environ.get(ENV_DIR):
+        enable()
