@@ -490,7 +490,12 @@ def _after_fork_child():
 
 
 # Multiprocess mode (driven by fastmetrics.multiprocess).
-cdef object _arena_view = None     # keeps the mapped file's buffer exported while attached
+from cpython.ref cimport Py_DECREF, Py_INCREF
+
+# The mapped file's buffer, exported while attached.  It holds one extra
+# reference, so that module teardown at exit cannot unmap memory a late
+# (daemon or nogil) thread may still increment into; only _mp_detach drops it.
+cdef object _arena_view = None
 
 
 def _mp_enable():
@@ -507,14 +512,22 @@ def _mp_attach(buffer):
     if fm_arena_attach(<char *>&view[0], view.shape[0]) < 0:
         fm_arena_detach()
         raise MemoryError("fastmetrics: the multiprocess file is too small")
+    _mp_release_view()
     _arena_view = view
+    Py_INCREF(_arena_view)
+
+
+cdef _mp_release_view():
+    global _arena_view
+    if _arena_view is not None:
+        Py_DECREF(_arena_view)
+        _arena_view = None
 
 
 def _mp_detach():
     """Stop using the mapped file (before it is closed)."""
-    global _arena_view
     fm_arena_detach()
-    _arena_view = None
+    _mp_release_view()
 
 
 def _mp_record(unsigned int kind, long long arg, const unsigned char[::1] payload):

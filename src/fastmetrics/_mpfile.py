@@ -262,10 +262,10 @@ def _parse(path: str, mm: mmap.mmap, size: int) -> ParsedFile:
                 counters[meta.key] = counters.get(meta.key, 0.0) + _valid_count(value, meta)
                 metas[meta.key] = meta
             for slot, meta in enum_slots.items():
-                start = words.get(slot >> CHUNK_BITS)
-                if start is None:
+                words_start = words.get(slot >> CHUNK_BITS)
+                if words_start is None:
                     raise CorruptFile(f"enum {meta.name!r} has no word")
-                word = as_i64[(start >> 3) + (slot & (CHUNK_SLOTS - 1))]
+                word = as_i64[(words_start >> 3) + (slot & (CHUNK_SLOTS - 1))]
                 enums[meta.key] = _valid_word(word, meta)
                 metas[meta.key] = meta
         finally:

@@ -224,7 +224,12 @@ class _DirLock:
         self.fd = -1
 
     def __enter__(self) -> bool:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:   # a read-only directory: no writer can be compacting
+            if self.exclusive:
+                raise
+            return True
         op = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.blocking else fcntl.LOCK_NB)
         try:
             fcntl.flock(self.fd, op)
@@ -233,7 +238,8 @@ class _DirLock:
             return False
 
     def __exit__(self, *exc: Any) -> None:
-        os.close(self.fd)   # drops the lock
+        if self.fd >= 0:
+            os.close(self.fd)   # drops the lock
 
 
 def _is_live(path: str) -> bool:
