@@ -4,6 +4,9 @@
   scrape grid: the median µs per scrape of each candidate (pooled over
   repetitions), Cython over prometheus_client (median of per-repetition
   ratios, as the gates) and fastmetrics' ``shards_total`` at the time.
+* :func:`mp_scrape`: multiprocess scrape time by number of process files:
+  fastmetrics reading every file, fastmetrics after compaction, and
+  prometheus_client's multiprocess collector, with paired ratios.
 * :func:`churn_memory`: per candidate, threads churned, time per short-lived
   thread, RSS and shard counts before the first / after the last repetition.
 
@@ -90,3 +93,28 @@ def churn_memory(records: Sequence[Record]) -> List[str]:
             str(last.get("shards_total_after", "-")),
         ))
     return _table(rows) if len(rows) > 1 else []
+
+
+def mp_scrape(records: Sequence[Record]) -> List[str]:
+    """Multiprocess scrape time as files grow (empty if none ran)."""
+    by_files: Dict[int, Dict[str, Dict[int, List[float]]]] = {}
+    for info, data in records:
+        if str(info.get("op", "")).startswith("mp.scrape.") and data:
+            variant = str(info["variant"])
+            reps = by_files.setdefault(int(info["files"]), {}).setdefault(variant, {})
+            reps.setdefault(int(info.get("rep", 0)), []).extend(data)
+    if not by_files:
+        return []
+    variants = ("uncompacted", "compacted", "prometheus_client")
+    rows = [("files", "fastmetrics µs", "fastmetrics compacted µs", "prometheus_client µs",
+             "prom/fm", "prom/fm compacted")]
+    for files in sorted(by_files):
+        reps = by_files[files]
+        cells = []
+        for variant in variants:
+            times = [t for data in reps.get(variant, {}).values() for t in data]
+            cells.append(f"{statistics.median(times) * 1e6:.1f}" if times else "-")
+        prom = reps.get("prometheus_client", {})
+        rows.append((str(files), *cells, _paired(prom, reps.get("uncompacted", {})),
+                     _paired(prom, reps.get("compacted", {}))))
+    return _table(rows)

@@ -40,7 +40,6 @@ _REC_WORDS = 2
 _STATE_BITS = 12
 _STATE_MASK = (1 << _STATE_BITS) - 1
 _REC_HEAD = struct.Struct("=IIq")
-_USED = struct.Struct("=q")
 
 _NEGATIVE = "Counters can only be incremented by non-negative amounts."
 
@@ -100,18 +99,23 @@ _arena: Optional[memoryview] = None
 
 
 def _arena_append_locked(kind: int, arg: int, payload_off: int, data: Optional[bytes], length: int) -> Optional[int]:
-    """Append a record (header last, then ``used``); payload offset or None when full."""
+    """Append a record (header last, then ``used``); payload offset or None when full.
+
+    ``used`` is read and written through an int64 view: one aligned 8-byte
+    store, as readers load it (``struct`` would copy byte by byte, and a
+    reader could see a torn offset)."""
     arena = _arena
     if arena is None:
         return None
-    (used,) = _USED.unpack_from(arena, _HDR_USED)
-    size = (payload_off + length + 127) & ~127
-    if used < 0 or size > len(arena) - used:
-        return None
-    if data:
-        arena[used + payload_off:used + payload_off + length] = data
-    _REC_HEAD.pack_into(arena, used, kind, length, arg)
-    _USED.pack_into(arena, _HDR_USED, used + size)
+    with arena[_HDR_USED:_HDR_USED + 8] as field, field.cast("q") as used_word:
+        used = used_word[0]
+        size = (payload_off + length + 127) & ~127
+        if used < 0 or size > len(arena) - used:
+            return None
+        if data:
+            arena[used + payload_off:used + payload_off + length] = data
+        _REC_HEAD.pack_into(arena, used, kind, length, arg)
+        used_word[0] = used + size
     return used + payload_off
 
 

@@ -45,8 +45,14 @@ import math
 import mmap
 import os
 import struct
+import sys
 import zlib
 from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
+
+try:
+    import fcntl
+except ImportError:  # Windows: no multiprocess mode (see fastmetrics.multiprocess)
+    fcntl = None  # type: ignore[assignment]
 
 MAGIC = b"FMSHARD\x00"
 VERSION = 1
@@ -110,6 +116,7 @@ class ParsedFile(NamedTuple):
     enums: Dict[SeriesKey, int]               # the word: index | stamp << 12
     metas: Dict[SeriesKey, Meta]
     absorbed: Set[bytes]
+    live: Optional[bool] = None               # owner alive (its flock held), when asked
 
 
 def align(n: int) -> int:
@@ -166,113 +173,288 @@ def _parse_meta(body: bytes, kind: str) -> Meta:
 def read(path: str) -> ParsedFile:
     """Parse and validate one file.  Raises :class:`CorruptFile` (truncated,
     foreign, unsupported version, corrupt) or ``OSError``."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < HEADER_SIZE:
-            raise CorruptFile(f"truncated: {size} bytes, shorter than the header")
-        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-            return _parse(path, mm, size)
+    reader = Reader()
+    try:
+        return reader.read(path)
+    finally:
+        reader.close()
 
 
-def _parse(path: str, mm: mmap.mmap, size: int) -> ParsedFile:
-    magic, version, flags, pid, created_ns, capacity, uid, order, crc = _HEADER.unpack_from(mm)
+def no_readahead(mm: mmap.mmap) -> None:
+    """Fault pages of ``mm`` in one at a time.  A process file is sparse and
+    mostly holes; with the default readahead (up to ``read_ahead_kb``, often
+    MiBs) the first touch would fill that much page cache with zeros, per file
+    and per reader."""
+    if hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)
+
+
+def _load_used(mm: mmap.mmap) -> int:
+    """``used``, read with one aligned 8-byte load: its writer may be storing
+    it right now, and ``struct`` would read it byte by byte (a torn value)."""
+    with memoryview(mm) as view, view[USED_OFFSET:USED_OFFSET + 8] as field, field.cast("q") as word:
+        return int(word[0])
+
+
+class _Layout:
+    """What the records of one file below ``scanned`` say.  Records below
+    ``used`` never change once published, so this is walked once and then
+    only extended; the counts themselves are re-read on every read, through
+    ``plan`` (rebuilt when a walk found new records)."""
+
+    __slots__ = ("head", "scanned", "chunks", "words", "counter_slots", "enum_slots", "retired",
+                 "counters", "enums", "metas", "absorbed", "plan")
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head                                 # header bytes 0..63, as validated
+        self.scanned = HEADER_SIZE
+        self.chunks: Dict[int, List[int]] = {}           # chunk index -> payload offsets (one per thread)
+        self.words: Dict[int, int] = {}                  # chunk index -> payload offset
+        self.counter_slots: Dict[int, Meta] = {}
+        self.enum_slots: Dict[int, Meta] = {}
+        self.retired: Set[int] = set()
+        self.counters: Dict[SeriesKey, float] = {}       # archive records
+        self.enums: Dict[SeriesKey, int] = {}
+        self.metas: Dict[SeriesKey, Meta] = {}
+        self.absorbed: Set[bytes] = set()
+        # (counters: (key, meta, float64 indices), enums: (key, meta, int64 index))
+        self.plan: Optional[Tuple[List[Tuple[SeriesKey, Meta, Tuple[int, ...]]],
+                                  List[Tuple[SeriesKey, Meta, int]]]] = None
+
+    def make_plan(self) -> None:
+        mask = CHUNK_SLOTS - 1
+        counters = [(meta.key, meta, tuple((start >> 3) + (slot & mask)
+                                           for start in self.chunks.get(slot >> CHUNK_BITS, ())))
+                    for slot, meta in self.counter_slots.items() if slot not in self.retired]
+        enums = []
+        for slot, meta in self.enum_slots.items():
+            start = self.words.get(slot >> CHUNK_BITS)
+            if start is None:
+                raise CorruptFile(f"enum {meta.name!r} has no word")
+            enums.append((meta.key, meta, (start >> 3) + (slot & mask)))
+        self.plan = (counters, enums)
+
+
+_MAX_COUNT = sys.float_info.max
+
+
+class Reader:
+    """Reads files, remembering per file (path, device, inode) the records it
+    already walked and per metadata payload its parsed form, so reading the
+    same files again costs one walk of what was appended plus the counts.
+
+    Validation is the same as a fresh read: a file whose header bytes change
+    (its random uid is in them) is walked again from the start.  Not
+    thread-safe (a collector serialises its scrapes); memory is O(files read
+    since the last :meth:`sweep` + distinct metadata).
+    """
+
+    _META_CACHE_MAX = 16384
+
+    def __init__(self) -> None:
+        self._layouts: Dict[Tuple[str, int, int], _Layout] = {}
+        self._touched: Set[Tuple[str, int, int]] = set()
+        self._metas: Dict[Tuple[bytes, str], Meta] = {}
+        # Mappings kept between reads (a fresh one costs ~10 us: mmap, faults,
+        # munmap); each holds a descriptor, so at most a quarter of the limit.
+        self._mapped: Dict[Tuple[str, int, int], Tuple[mmap.mmap, int]] = {}
+        self._max_mapped = _descriptor_budget()
+
+    def sweep(self) -> None:
+        """Forget (and unmap) the files not read since the previous sweep."""
+        for key in [key for key in self._layouts if key not in self._touched]:
+            del self._layouts[key]
+        for key in [key for key in self._mapped if key not in self._touched]:
+            self._unmap(key)
+        self._touched.clear()
+
+    def close(self) -> None:
+        """Unmap every file (the reader stays usable)."""
+        for key in list(self._mapped):
+            self._unmap(key)
+
+    def _unmap(self, key: Tuple[str, int, int]) -> None:
+        mapped = self._mapped.pop(key, None)
+        if mapped is not None:
+            mapped[0].close()
+
+    def read(self, path: str, probe_live: bool = False) -> ParsedFile:
+        """Parse and validate one file; see :func:`read`.  With ``probe_live``
+        the result's ``live`` says whether the file's owner holds its lock."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if st.st_size < HEADER_SIZE:
+                raise CorruptFile(f"truncated: {st.st_size} bytes, shorter than the header")
+            key = (path, st.st_dev, st.st_ino)
+            self._touched.add(key)
+            mapped = self._mapped.get(key)
+            if mapped is not None and mapped[1] != st.st_size:
+                self._unmap(key)
+                mapped = None
+            if mapped is not None:
+                mm, keep = mapped[0], True
+            else:
+                mm = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
+                no_readahead(mm)
+                keep = len(self._mapped) < self._max_mapped
+                if keep:
+                    self._mapped[key] = (mm, st.st_size)
+            try:
+                pf = self._parse(key, mm, st.st_size)
+            except CorruptFile:
+                self._layouts.pop(key, None)
+                self._unmap(key)
+                raise
+            finally:
+                if not keep:
+                    mm.close()
+            if probe_live:
+                pf = pf._replace(live=_locked_by_other(fd))
+            return pf
+        finally:
+            os.close(fd)
+
+    def _parse(self, key: Tuple[str, int, int], mm: mmap.mmap, size: int) -> ParsedFile:
+        layout = self._layouts.get(key)
+        if layout is None or mm[:USED_OFFSET] != layout.head:
+            layout = self._layouts[key] = _Layout(_check_header(mm))
+        magic, version, flags, pid, created_ns, capacity, uid, order, crc = _HEADER.unpack_from(layout.head)
+        used = _load_used(mm)
+        if not HEADER_SIZE <= used <= capacity or used % ALIGN or used < layout.scanned:
+            raise CorruptFile(f"bad used offset {used}")
+        if size < used:
+            raise CorruptFile(f"truncated: {size} bytes, {used} in use")
+        archive = bool(flags & FLAG_ARCHIVE)
+        if used > layout.scanned:
+            self._walk(mm, layout, used, archive)
+        if archive:
+            return ParsedFile(key[0], uid, pid, created_ns, True, dict(layout.counters), dict(layout.enums),
+                              dict(layout.metas), set(layout.absorbed))
+        if layout.plan is None:
+            layout.make_plan()
+        counter_plan, enum_plan = layout.plan  # type: ignore[misc]
+        counters: Dict[SeriesKey, float] = {}
+        enums: Dict[SeriesKey, int] = {}
+        metas: Dict[SeriesKey, Meta] = {}
+        if counter_plan or enum_plan:
+            # Counts are being stored right now: read them with 8-byte loads.
+            with memoryview(mm) as whole, whole[:used] as view, view.cast("d") as as_f64, \
+                    view.cast("q") as as_i64:
+                for series, meta, indices in counter_plan:
+                    value = 0.0
+                    for i in indices:
+                        value += as_f64[i]
+                    if not 0.0 <= value <= _MAX_COUNT:
+                        raise CorruptFile(f"invalid count {value!r} for {meta.name!r}")
+                    counters[series] = counters.get(series, 0.0) + value
+                    metas[series] = meta
+                for series, meta, i in enum_plan:
+                    enums[series] = _valid_word(as_i64[i], meta)
+                    metas[series] = meta
+        return ParsedFile(key[0], uid, pid, created_ns, False, counters, enums, metas, set())
+
+    def _walk(self, mm: mmap.mmap, layout: _Layout, used: int, archive: bool) -> None:
+        """Walk the records from ``layout.scanned`` up to ``used``."""
+        layout.plan = None
+        off = layout.scanned
+        while off < used:
+            if used - off < _RECORD.size:
+                raise CorruptFile(f"record header past the end at {off}")
+            kind, length, arg = _RECORD.unpack_from(mm, off)
+            if kind == 0:
+                break  # published after this reader looked (weakly ordered CPU): not visible yet
+            data_kind = kind in (CHUNK, WORDS)
+            start = off + (DATA_OFF if data_kind else META_OFF)
+            end = align(start + length)
+            if end > used:
+                raise CorruptFile(f"record at {off} runs past the end")
+            if data_kind:
+                if archive or length != CHUNK_BYTES or not 0 <= arg < MAX_CHUNKS:
+                    raise CorruptFile(f"bad chunk record at {off}")
+                if kind == CHUNK:
+                    layout.chunks.setdefault(arg, []).append(start)
+                elif layout.words.setdefault(arg, start) != start:
+                    raise CorruptFile(f"duplicate enum words for chunk {arg}")
+            elif kind in (COUNTER, ENUM, RETIRE) and not archive:
+                if not 0 <= arg < MAX_CHUNKS * CHUNK_SLOTS:
+                    raise CorruptFile(f"bad slot {arg} at {off}")
+                if kind == RETIRE:
+                    layout.retired.add(arg)
+                else:
+                    meta = self._meta(mm[start:start + length], "counter" if kind == COUNTER else "stateset", 0)
+                    (layout.counter_slots if kind == COUNTER else layout.enum_slots)[arg] = meta
+            elif kind in (TOTAL, LAST) and archive:
+                payload = mm[start:start + length]
+                meta = self._meta(payload, "counter" if kind == TOTAL else "stateset", 8)
+                if kind == TOTAL:
+                    (value,) = _F64.unpack_from(payload, 4)
+                    layout.counters[meta.key] = layout.counters.get(meta.key, 0.0) + _valid_count(value, meta)
+                else:
+                    (word,) = _I64.unpack_from(payload, 4)
+                    layout.enums[meta.key] = _valid_word(word, meta)
+                layout.metas[meta.key] = meta
+            elif kind == ABSORBED and archive:
+                body = _checked_body(mm[start:start + length])
+                if len(body) % 16:
+                    raise CorruptFile("bad absorbed-uid record")
+                layout.absorbed.update(body[i:i + 16] for i in range(0, len(body), 16))
+            else:
+                raise CorruptFile(f"unknown record kind {kind} at {off}")
+            off = end
+        layout.scanned = off
+
+    def _meta(self, payload: bytes, kind: str, prefix: int) -> Meta:
+        """The metadata in ``payload`` (crc + ``prefix`` bytes + JSON), checked
+        once per distinct payload: every process declares the same metrics."""
+        meta = self._metas.get((payload, kind))
+        if meta is None:
+            meta = _parse_meta(_checked_body(payload)[prefix:], kind)
+            if len(self._metas) >= self._META_CACHE_MAX:
+                self._metas.clear()
+            self._metas[(payload, kind)] = meta
+        return meta
+
+
+def _descriptor_budget() -> int:
+    """How many files a :class:`Reader` keeps mapped: a quarter of this
+    process's descriptor limit, at most 1024."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 0
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(0, min(1024, soft // 4))
+
+
+def _locked_by_other(fd: int) -> bool:
+    """Whether another open file description holds an exclusive ``flock`` on
+    ``fd``'s file (a live owner).  The shared lock taken to find out is
+    released at once: a kept mapping shares ``fd``'s open file description,
+    and would otherwise keep the lock and make the file look alive."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _check_header(mm: mmap.mmap) -> bytes:
+    """The validated header bytes 0..63 (``used`` excluded: it moves)."""
+    head = mm[:USED_OFFSET]
+    magic, version, flags, pid, created_ns, capacity, uid, order, crc = _HEADER.unpack_from(head)
     if magic != MAGIC:
         raise CorruptFile("foreign file: bad magic")
     if order != ORDER_MARK:
         raise CorruptFile("foreign file: other byte order")
     if version != VERSION:
         raise CorruptFile(f"unsupported version {version}")
-    if zlib.crc32(mm[:60]) != crc:
+    if zlib.crc32(head[:60]) != crc:
         raise CorruptFile("header checksum mismatch")
-    (used,) = _USED.unpack_from(mm, USED_OFFSET)
-    if not HEADER_SIZE <= used <= capacity or used % ALIGN:
-        raise CorruptFile(f"bad used offset {used}")
-    if size < used:
-        raise CorruptFile(f"truncated: {size} bytes, {used} in use")
-
-    chunks: Dict[int, List[int]] = {}   # chunk index -> payload offsets (one per thread)
-    words: Dict[int, int] = {}          # chunk index -> payload offset
-    counter_slots: Dict[int, Meta] = {}
-    enum_slots: Dict[int, Meta] = {}
-    retired: Set[int] = set()
-    counters: Dict[SeriesKey, float] = {}
-    enums: Dict[SeriesKey, int] = {}
-    metas: Dict[SeriesKey, Meta] = {}
-    absorbed: Set[bytes] = set()
-    archive = bool(flags & FLAG_ARCHIVE)
-
-    off = HEADER_SIZE
-    while off < used:
-        if used - off < _RECORD.size:
-            raise CorruptFile(f"record header past the end at {off}")
-        kind, length, arg = _RECORD.unpack_from(mm, off)
-        if kind == 0:
-            break  # published after this reader looked: not visible yet
-        data_kind = kind in (CHUNK, WORDS)
-        start = off + (DATA_OFF if data_kind else META_OFF)
-        end = align(start + length)
-        if end > used:
-            raise CorruptFile(f"record at {off} runs past the end")
-        if data_kind:
-            if archive or length != CHUNK_BYTES or not 0 <= arg < MAX_CHUNKS:
-                raise CorruptFile(f"bad chunk record at {off}")
-            if kind == CHUNK:
-                chunks.setdefault(arg, []).append(start)
-            elif words.setdefault(arg, start) != start:
-                raise CorruptFile(f"duplicate enum words for chunk {arg}")
-        elif kind in (COUNTER, ENUM, RETIRE) and not archive:
-            if not 0 <= arg < MAX_CHUNKS * CHUNK_SLOTS:
-                raise CorruptFile(f"bad slot {arg} at {off}")
-            if kind == RETIRE:
-                retired.add(arg)
-            else:
-                meta = _parse_meta(_checked_body(mm[start:start + length]),
-                                   "counter" if kind == COUNTER else "stateset")
-                (counter_slots if kind == COUNTER else enum_slots)[arg] = meta
-        elif kind in (TOTAL, LAST) and archive:
-            body = _checked_body(mm[start:start + length])
-            meta = _parse_meta(body[8:], "counter" if kind == TOTAL else "stateset")
-            if kind == TOTAL:
-                (value,) = _F64.unpack_from(body)
-                counters[meta.key] = counters.get(meta.key, 0.0) + _valid_count(value, meta)
-            else:
-                (word,) = _I64.unpack_from(body)
-                enums[meta.key] = _valid_word(word, meta)
-            metas[meta.key] = meta
-        elif kind == ABSORBED and archive:
-            body = _checked_body(mm[start:start + length])
-            if len(body) % 16:
-                raise CorruptFile("bad absorbed-uid record")
-            absorbed.update(body[i:i + 16] for i in range(0, len(body), 16))
-        else:
-            raise CorruptFile(f"unknown record kind {kind} at {off}")
-        off = end
-
-    if counter_slots or enum_slots:
-        view = memoryview(mm)[:used]
-        as_f64, as_i64 = view.cast("d"), view.cast("q")
-        try:
-            for slot, meta in counter_slots.items():
-                if slot in retired:
-                    continue
-                c, i = slot >> CHUNK_BITS, slot & (CHUNK_SLOTS - 1)
-                value = 0.0
-                for start in chunks.get(c, ()):
-                    value += as_f64[(start >> 3) + i]
-                counters[meta.key] = counters.get(meta.key, 0.0) + _valid_count(value, meta)
-                metas[meta.key] = meta
-            for slot, meta in enum_slots.items():
-                words_start = words.get(slot >> CHUNK_BITS)
-                if words_start is None:
-                    raise CorruptFile(f"enum {meta.name!r} has no word")
-                word = as_i64[(words_start >> 3) + (slot & (CHUNK_SLOTS - 1))]
-                enums[meta.key] = _valid_word(word, meta)
-                metas[meta.key] = meta
-        finally:
-            as_f64.release()
-            as_i64.release()
-            view.release()
-    return ParsedFile(path, uid, pid, created_ns, archive, counters, enums, metas, absorbed)
+    return head
 
 
 def _valid_count(value: float, meta: Meta) -> float:
@@ -333,9 +515,10 @@ def is_process_file(name: str) -> bool:
     return name.endswith(SUFFIX) and name != ARCHIVE_NAME and not name.startswith(".")
 
 
-def parse_optional(path: str) -> Optional[ParsedFile]:
-    """:func:`read`, or None if the file does not exist."""
+def parse_optional(path: str, reader: Optional[Reader] = None) -> Optional[ParsedFile]:
+    """:func:`read` (with ``reader``'s memory, if given), or None if the file
+    does not exist."""
     try:
-        return read(path)
+        return reader.read(path) if reader is not None else read(path)
     except FileNotFoundError:
         return None

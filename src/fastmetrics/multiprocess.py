@@ -72,6 +72,7 @@ class _ProcessFile:
             os.ftruncate(fd, capacity)       # sparse: pages cost nothing until touched
             os.pwrite(fd, _mpfile.header(pid, time.time_ns(), capacity, uid), 0)
             mm = mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            _mpfile.no_readahead(mm)
             os.rename(tmp, path)
         except BaseException:
             os.close(fd)
@@ -271,26 +272,34 @@ class Snapshot(NamedTuple):
     files: int
 
 
-def read_directory(path: str, enum_mode: str = "pid") -> Snapshot:
+def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.Reader] = None) -> Snapshot:
     """Fold the archive and every process file in ``path``.  Counters are
     summed; enums are per live process (``pid``) or the most recent state
-    (``mostrecent``).  Invalid files are skipped and listed, never raised."""
+    (``mostrecent``).  Invalid files are skipped and listed, never raised.
+    A ``reader`` kept between calls (not shared by threads) makes a repeated
+    read walk only the records appended since the previous one."""
     if enum_mode not in ENUM_MODES:
         raise ValueError(f"enum_mode must be one of {ENUM_MODES}, not {enum_mode!r}")
+    if reader is None:
+        reader = _mpfile.Reader()
+        try:
+            return read_directory(path, enum_mode, reader)
+        finally:
+            reader.close()
     skipped: List[Tuple[str, str]] = []
     parsed: List[Tuple[ParsedFile, bool]] = []   # (file, owner alive)
     archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
     with _DirLock(path, exclusive=False):
         archive: Optional[ParsedFile] = None
         try:
-            archive = _mpfile.parse_optional(archive_path)
+            archive = _mpfile.parse_optional(archive_path, reader)
         except (CorruptFile, OSError) as e:
             skipped.append((archive_path, str(e)))
         absorbed = archive.absorbed if archive is not None else set()
         for name in _process_files(path):
             file_path = os.path.join(path, name)
             try:
-                pf = _mpfile.read(file_path)
+                pf = reader.read(file_path, probe_live=enum_mode == "pid")
                 if pf.archive:
                     raise CorruptFile("an archive under a process file's name")
             except FileNotFoundError:
@@ -300,7 +309,8 @@ def read_directory(path: str, enum_mode: str = "pid") -> Snapshot:
                 continue
             if pf.uid in absorbed:
                 continue   # folded into the archive; deletion is pending
-            parsed.append((pf, enum_mode == "pid" and _is_live(file_path)))
+            parsed.append((pf, bool(pf.live)))
+    reader.sweep()
     parsed.sort(key=lambda item: -item[0].created_ns)   # newest first: its metadata wins
     if archive is not None:
         parsed.append((archive, False))
@@ -312,7 +322,8 @@ def read_directory(path: str, enum_mode: str = "pid") -> Snapshot:
         mismatched: Set[str] = set()
         for key, meta in pf.metas.items():
             family = families.setdefault(meta.name, meta)
-            if family.type != meta.type or family.labelnames != meta.labelnames or family.states != meta.states:
+            if family is not meta and (family.type != meta.type or family.labelnames != meta.labelnames
+                                       or family.states != meta.states):
                 mismatched.add(meta.name)
                 continue
             if meta.type == "counter":
@@ -380,23 +391,26 @@ class MultiProcessCollector(Collector):
         self._enum_mode = enum_mode
         self._compact = compact
         self._reported: Set[Tuple[str, str]] = set()
+        self._reader = _mpfile.Reader()
+        self._lock = threading.Lock()   # one scrape at a time uses the reader
         self.skipped: List[Tuple[str, str]] = []
         if registry:
             registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        skipped: List[Tuple[str, str]] = []
-        if self._compact:
-            try:
-                skipped += compact(self._path, blocking=False).skipped
-            except OSError as e:   # e.g. a read-only directory: still serve what is there
-                skipped.append((self._path, f"compaction failed: {e}"))
-        snapshot = read_directory(self._path, self._enum_mode)
-        self.skipped = skipped + snapshot.skipped
-        for item in self.skipped:
-            if item not in self._reported:
-                self._reported.add(item)
-                log.warning("fastmetrics: skipped %s: %s", *item)
+        with self._lock:
+            skipped: List[Tuple[str, str]] = []
+            if self._compact:
+                try:
+                    skipped += compact(self._path, blocking=False).skipped
+                except OSError as e:   # e.g. a read-only directory: still serve what is there
+                    skipped.append((self._path, f"compaction failed: {e}"))
+            snapshot = read_directory(self._path, self._enum_mode, self._reader)
+            self.skipped = skipped + snapshot.skipped
+            for item in self.skipped:
+                if item not in self._reported:
+                    self._reported.add(item)
+                    log.warning("fastmetrics: skipped %s: %s", *item)
         return iter(_families(snapshot))
 
 
