@@ -838,3 +838,31 @@ def test_one_collector_follows_a_live_process_and_lets_it_be_compacted(mp):
     assert value(out, "mp_ops_total") == 5
     assert value(out, "mp_bytes_total", direction="in", code="39") == 39
     assert enum_states(out, "mp_role") == {}
+
+
+def test_a_reader_rereads_a_file_whose_header_changed_in_place(tmp_path):
+    """A Reader remembers files by (path, device, inode) between reads.  A
+    file rewritten in place with another uid (what a reused inode looks like)
+    is walked again, never answered from the old walk; compaction gives every
+    archive a new uid for that reason."""
+    meta = _mpfile.Meta("counter", "mp_ops", "Operations.", "", (), (), ())
+    path = str(tmp_path / "archive.fm")
+
+    def archive_bytes(total: float) -> bytes:
+        _mpfile.write_archive(path, {meta.key: total}, {}, {meta.key: meta}, set(), os.urandom(16), 1)
+        return Path(path).read_bytes()
+
+    first, second = archive_bytes(1.0), archive_bytes(2.0)
+    assert len(first) == len(second)
+    with open(path, "r+b") as f:
+        f.write(first)
+    reader = _mpfile.Reader()
+    try:
+        assert reader.read(path).counters == {meta.key: 1.0}
+        inode = os.stat(path).st_ino
+        with open(path, "r+b") as f:   # same inode, same size, new header and total
+            f.write(second)
+        assert os.stat(path).st_ino == inode
+        assert reader.read(path).counters == {meta.key: 2.0}
+    finally:
+        reader.close()

@@ -504,8 +504,9 @@ def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
                 if best is None or (word >> _mpfile.STATE_BITS) >= (best >> _mpfile.STATE_BITS):
                     enums[key] = word
     if to_delete:
-        _mpfile.write_archive(archive_path, counters, enums, metas, absorbed,
-                              archive.uid if archive else _mpfile.new_uid(),
+        # A new uid per archive: readers that remember a file by its inode
+        # tell a new archive from an old one by the header (inodes are reused).
+        _mpfile.write_archive(archive_path, counters, enums, metas, absorbed, _mpfile.new_uid(),
                               archive.created_ns if archive else time.time_ns())
     for file_path in to_delete:
         try:
