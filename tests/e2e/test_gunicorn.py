@@ -1,0 +1,170 @@
+"""Multiprocess mode under a real gunicorn, set up as the README says.
+
+gunicorn (3 sync workers, on 127.0.0.1) serves a small WSGI app
+(``_gunicorn_app.py``) that counts each ``/work`` request in a labelled
+``fastmetrics.Counter`` and sets an ``Enum``, and serves ``/metrics`` from a
+``MultiProcessCollector`` registry.  The mode is on either by
+``FASTMETRICS_MULTIPROC_DIR`` exported before gunicorn starts (with
+``--preload``, the master imports the app and creates the metrics before
+forking) or by ``enable(path)`` in ``gunicorn.conf.py``.  Requests come from 8 client threads, so
+several workers serve them.  A worker killed with SIGKILL is replaced by
+gunicorn and its counts stay in every later scrape, exactly; after gunicorn
+stops, this process compacts the directory into the archive alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from _servers import ServerProcess, free_port, http_get, package_env, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs POSIX")]
+
+APP = Path(__file__).with_name("_gunicorn_app.py")
+CLIENTS = 8
+
+
+def require_gunicorn() -> None:
+    """Skip without gunicorn (it is in the ``test`` extra), fail under ``CI=true``."""
+    if importlib.util.find_spec("gunicorn") is not None:
+        return
+    reason = "gunicorn is not installed (pip install '.[test]' installs it on POSIX)"
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"{reason}; CI=true")
+    pytest.skip(reason)
+
+
+class Gunicorn(ServerProcess):
+    """gunicorn with multiprocess mode on: by the exported variable
+    (``setup="env"``, optionally ``--preload``) or by ``enable()`` in
+    ``gunicorn.conf.py`` (``setup="conf"``)."""
+
+    def __init__(self, workdir: Path, directory: Path, setup: str, preload: bool) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = package_env()
+        env["PYTHONPATH"] = os.pathsep.join([str(APP.parent), env["PYTHONPATH"]])
+        for name in ("FASTMETRICS_MULTIPROC_DIR", "FASTMETRICS_NO_EXTENSIONS"):
+            env.pop(name, None)
+        argv = [sys.executable, "-m", "gunicorn", "--workers", "3", "--bind", f"127.0.0.1:{self.port}",
+                "--graceful-timeout", "5", "--chdir", str(workdir)]
+        if setup == "env":
+            env["FASTMETRICS_MULTIPROC_DIR"] = str(directory)
+        else:
+            conf = workdir / "gunicorn.conf.py"
+            conf.write_text(f"import fastmetrics.multiprocess\nfastmetrics.multiprocess.enable({str(directory)!r})\n")
+            argv += ["--config", str(conf)]
+        super().__init__(argv + (["--preload"] if preload else []) + ["_gunicorn_app:app"],
+                         workdir / "gunicorn.log", env)
+        self.wait_ready(self.url + "/ping")
+
+    def get(self, path: str) -> str:
+        status, _, body = http_get(self.url + path)
+        assert status == 200, (path, status, body)
+        return body.decode()
+
+
+def work(server: Gunicorn, requests: int) -> Dict[int, int]:
+    """``requests`` GETs of /work from CLIENTS threads; served count per worker pid."""
+    served: Dict[int, int] = {}
+    errors: List[BaseException] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        try:
+            for _ in range(n):
+                pid = int(server.get("/work"))
+                with lock:
+                    served[pid] = served.get(pid, 0) + 1
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    share = [requests // CLIENTS + (i < requests % CLIENTS) for i in range(CLIENTS)]
+    threads = [threading.Thread(target=client, args=(n,)) for n in share]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sum(served.values()) == requests
+    return served
+
+
+def families(text: str) -> Dict[str, List]:
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def requests_total(text: str) -> Optional[float]:
+    for s in families(text).get("app_requests", []):
+        if s.name == "app_requests_total" and s.labels == {"path": "/work"}:
+            return float(s.value)
+    return None
+
+
+def phase_pids(text: str) -> Dict[str, str]:
+    """pid label -> the state at 1, per live process with the enum."""
+    current: Dict[str, str] = {}
+    for s in families(text).get("app_phase", []):
+        if s.value == 1:
+            assert s.labels["pid"] not in current
+            current[s.labels["pid"]] = s.labels["app_phase"]
+    return current
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("setup", "preload"), [("env", False), ("env", True), ("conf", False)],
+                         ids=["env", "env-preload", "conf-enable"])
+def test_gunicorn_workers_count_exactly_through_a_sigkill(tmp_path: Path, setup: str, preload: bool) -> None:
+    require_gunicorn()
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    server = Gunicorn(tmp_path, directory, setup, preload)
+    try:
+        served = work(server, 300)
+        assert len(served) >= 2, f"one worker served everything: {served}"
+        text = server.get("/metrics")
+        assert requests_total(text) == 300
+        assert "# HELP app_requests_total Requests served by a worker." in text
+        phases = phase_pids(text)
+        assert {str(pid) for pid in served} <= set(phases)
+        assert all(phases[str(pid)] == "serving" for pid in served)
+
+        victim = max(served, key=lambda pid: served[pid])
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: not alive(victim) or None, 30, f"worker {victim} to die")
+        served_after = work(server, 100)   # gunicorn has replaced the worker meanwhile
+        assert victim not in served_after
+        text = server.get("/metrics")
+        assert requests_total(text) == 400
+        assert str(victim) not in phase_pids(text)
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0, server.output()[-3000:]
+
+    from fastmetrics.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    collector = MultiProcessCollector(registry, str(directory))
+    text = generate_latest(registry).decode()
+    assert collector.skipped == []
+    assert requests_total(text) == 400
+    assert phase_pids(text) == {}   # no live process left
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", "archive.fm"]
+
