@@ -360,6 +360,70 @@ def scenario_late_enable(args: dict) -> None:
          listing=sorted(os.listdir(args["path"])) if os.path.isdir(args["path"]) else None)
 
 
+def _error(call) -> object:
+    """``type: message`` of what ``call()`` raises, or None."""
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def scenario_enable_errors(args: dict) -> None:
+    """Every way enable() refuses, then a successful enable and what it
+    refuses afterwards; the enum state limit of the mode."""
+    import fastmetrics
+    from fastmetrics import multiprocess
+
+    path, other = args["path"], args["other"]
+    errors = {
+        "no_directory": _error(lambda: multiprocess.enable()),
+        "capacity_small": _error(lambda: multiprocess.enable(path, capacity=32 * 1024)),
+        "capacity_unaligned": _error(lambda: multiprocess.enable(path, capacity=64 * 1024 + 1)),
+    }
+    os.environ[multiprocess.ENV_CAPACITY] = "64MiB"
+    errors["capacity_env"] = _error(lambda: multiprocess.enable(path))
+    del os.environ[multiprocess.ENV_CAPACITY]
+    errors["still_off"] = multiprocess.directory()
+    errors["enabled"] = multiprocess.enable(path)
+    errors["again"] = multiprocess.enable(path)
+    errors["other_directory"] = _error(lambda: multiprocess.enable(other))
+    states = [f"s{i}" for i in range(4097)]
+    errors["states_4097"] = _error(lambda: fastmetrics.Enum("mp_big", "Too many states.", states=states))
+    big = fastmetrics.Enum("mp_big_ok", "As many states as fit.", states=states[:4096])
+    big.state("s4095")
+    errors["states_4096"] = big._value
+    emit(event="done", **errors)
+
+
+def scenario_full(args: dict) -> None:
+    """A 64 KiB file: create labelled children and increment each once until
+    the file is full; then a new thread's first increment.  Reports what
+    succeeded and the errors."""
+    import fastmetrics
+
+    counter = fastmetrics.Counter("mp_fill", "Fills the file.", labelnames=["n"])
+    done, error = 0, None
+    try:
+        for i in range(100_000):
+            counter.labels(str(i)).inc()
+            done += 1
+    except MemoryError as e:
+        error = str(e)
+    thread_error: list = []
+
+    def first_increment_of_a_thread() -> None:
+        try:
+            counter.labels("0").inc()
+        except MemoryError as e:
+            thread_error.append(str(e))
+
+    thread = threading.Thread(target=first_increment_of_a_thread)
+    thread.start()
+    thread.join()
+    emit(event="done", done=done, error=error, thread_error=thread_error)
+
+
 def main() -> None:
     scenario, impl, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     import fastmetrics

@@ -63,13 +63,14 @@ class Worker:
     """One ``_mp_worker.py`` subprocess: JSON lines out, JSON commands in."""
 
     def __init__(self, implementation: str, path: Path, scenario: str, args: dict,
-                 env_dir: bool, log: Path) -> None:
+                 env_dir: bool, log: Path, extra_env: Optional[Dict[str, str]] = None) -> None:
         env = {k: v for k, v in os.environ.items()
                if k not in (multiprocess.ENV_DIR, multiprocess.ENV_CAPACITY, "FASTMETRICS_NO_EXTENSIONS")}
         if implementation == "python":
             env["FASTMETRICS_NO_EXTENSIONS"] = "1"
         if env_dir:
             env[multiprocess.ENV_DIR] = str(path)
+        env.update(extra_env or {})
         self.log = log
         with open(log, "wb") as stderr:
             self.proc = subprocess.Popen(
@@ -153,9 +154,10 @@ class Cluster:
         self.path.mkdir()
         self.workers: List[Worker] = []
 
-    def start(self, scenario: str, env_dir: bool = True, **args) -> Worker:
+    def start(self, scenario: str, env_dir: bool = True, extra_env: Optional[Dict[str, str]] = None,
+              **args) -> Worker:
         log = self.tmp / f"worker-{len(self.workers)}-{scenario}.stderr"
-        worker = Worker(self.implementation, self.path, scenario, args, env_dir, log)
+        worker = Worker(self.implementation, self.path, scenario, args, env_dir, log, extra_env)
         self.workers.append(worker)
         return worker
 
@@ -165,9 +167,10 @@ class Cluster:
         worker.expect("ready")
         return worker
 
-    def run(self, scenario: str, env_dir: bool = True, **args) -> dict:
+    def run(self, scenario: str, env_dir: bool = True, extra_env: Optional[Dict[str, str]] = None,
+            **args) -> dict:
         """Run a one-shot scenario to a normal exit; its "done" message."""
-        worker = self.start(scenario, env_dir, **args)
+        worker = self.start(scenario, env_dir, extra_env, **args)
         msg = worker.expect("done")
         worker.wait()
         return msg
@@ -866,3 +869,37 @@ def test_a_reader_rereads_a_file_whose_header_changed_in_place(tmp_path):
         assert reader.read(path).counters == {meta.key: 2.0}
     finally:
         reader.close()
+
+
+def test_enable_refuses_bad_input_with_clear_errors(mp, tmp_path):
+    """enable() without a directory, with a capacity under 64 KiB or not a
+    multiple of the page size, or with an unparsable
+    FASTMETRICS_MULTIPROC_CAPACITY raises ValueError and leaves the mode off.
+    Once enabled, the same directory again is a no-op and another one a
+    RuntimeError.  An enum with more than 4,096 states raises ValueError in
+    this mode; 4,096 states work."""
+    msg = mp.run("enable_errors", env_dir=False, path=str(mp.path), other=str(tmp_path / "other"))
+    assert msg["no_directory"] == "ValueError: no directory given and FASTMETRICS_MULTIPROC_DIR is not set"
+    assert msg["capacity_small"].startswith("ValueError: capacity must be a multiple of")
+    assert msg["capacity_unaligned"].startswith("ValueError: capacity must be a multiple of")
+    assert msg["capacity_env"] == "ValueError: FASTMETRICS_MULTIPROC_CAPACITY must be a number of bytes, not '64MiB'"
+    assert msg["still_off"] is None
+    assert msg["enabled"] == msg["again"] == str(mp.path)
+    assert msg["other_directory"] == f"RuntimeError: multiprocess mode is already enabled with {mp.path}"
+    assert msg["states_4097"] == "ValueError: fastmetrics multiprocess mode supports at most 4096 enum states"
+    assert msg["states_4096"] == 4095
+    _, text = scrape(mp.path, enum_mode="mostrecent")
+    assert value(text, "mp_big_ok", mp_big_ok="s4095") == 1
+
+
+def test_a_full_file_raises_memoryerror_and_keeps_what_was_counted(mp):
+    """With a 64 KiB file, creating values and a new thread's first increment
+    end in MemoryError naming the full file; everything counted before is in
+    the scrape, exactly, and the file stays valid."""
+    msg = mp.run("full", extra_env={multiprocess.ENV_CAPACITY: str(64 * 1024)})
+    assert msg["error"] == "fastmetrics: the multiprocess file is full or detached"
+    assert msg["thread_error"] == [msg["error"]]
+    assert 100 < msg["done"] < 1000
+    collector, text = scrape(mp.path)
+    assert collector.skipped == []
+    assert sum(v for (name, _), v in samples(text).items() if name == "mp_fill_total") == msg["done"]

@@ -18,6 +18,7 @@ cdef extern from "_shards.h":
     ctypedef struct fm_stats_t:
         Py_ssize_t shards_total, shards_live, chunks, slots_used, slots_free
     Py_ssize_t FM_MAX_SLOTS
+    int fm_mp
     int fm_init()
     int fm_add(Py_ssize_t slot, double amount) nogil
     double fm_fold(Py_ssize_t slot) nogil
@@ -211,6 +212,13 @@ cdef object _labels_impl(object self, PyObject **args, Py_ssize_t nargs, object 
 fm_install_labels(MetricCore, _labels_impl)
 
 
+cdef int _raise_no_chunk() except -1:
+    """The error of an increment whose thread could not get a chunk (cold path)."""
+    if fm_mp:
+        raise MemoryError("fastmetrics: the multiprocess file is full or detached")
+    raise MemoryError("fastmetrics: cannot allocate a counter chunk")
+
+
 cdef class CounterCore(MetricCore):
     """A counter value: one slot, summed over every thread's shard on read.
 
@@ -242,7 +250,7 @@ cdef class CounterCore(MetricCore):
             raise ValueError(f"{self._type} metric is missing label values")
         a = _amount(amount)
         if fm_add(slot, a) < 0:
-            raise MemoryError()
+            _raise_no_chunk()
         return 0
 
     def inc(self, amount=1, exemplar=None):

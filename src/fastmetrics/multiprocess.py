@@ -184,7 +184,11 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
         raise ValueError(f"no directory given and {ENV_DIR} is not set")
     path = os.path.abspath(path)
     if capacity is None:
-        capacity = int(os.environ.get(ENV_CAPACITY) or DEFAULT_CAPACITY)
+        raw = os.environ.get(ENV_CAPACITY)
+        try:
+            capacity = int(raw) if raw else DEFAULT_CAPACITY
+        except ValueError:
+            raise ValueError(f"{ENV_CAPACITY} must be a number of bytes, not {raw!r}") from None
     if capacity < 64 * 1024 or capacity % mmap.PAGESIZE:
         raise ValueError(f"capacity must be a multiple of {mmap.PAGESIZE} bytes, at least 64 KiB")
     with _enable_lock:
