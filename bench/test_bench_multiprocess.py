@@ -110,7 +110,7 @@ class RemoteLoop(_bench.Workload):
 
 
 @pytest.fixture(scope="session")
-def loop_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[Tuple[str, str], LoopWorker]]:
+def loop_workers() -> Iterator[Dict[Tuple[str, str], LoopWorker]]:
     """(candidate, mode) -> its worker, started on first use."""
     workers: Dict[Tuple[str, str], LoopWorker] = {}
     yield workers
@@ -143,7 +143,7 @@ def _populate(candidate: str, directory: Path, files: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def scrape_registries(tmp_path_factory: pytest.TempPathFactory) -> Dict[Tuple[str, int], CollectorRegistry]:
+def scrape_registries() -> Dict[Tuple[str, int], CollectorRegistry]:
     """(variant, files) -> a registry holding that directory's collector, built on first use."""
     return {}
 

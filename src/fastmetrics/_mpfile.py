@@ -41,7 +41,6 @@ walk stops there.  Anything else that does not fit raises :class:`CorruptFile`.
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
 import struct
@@ -310,7 +309,7 @@ class Reader:
                 if not keep:
                     mm.close()
             if probe_live:
-                pf = pf._replace(live=_locked_by_other(fd))
+                pf = pf._replace(live=locked_by_other(fd))
             return pf
         finally:
             os.close(fd)
@@ -345,9 +344,7 @@ class Reader:
                     value = 0.0
                     for i in indices:
                         value += as_f64[i]
-                    if not 0.0 <= value <= _MAX_COUNT:
-                        raise CorruptFile(f"invalid count {value!r} for {meta.name!r}")
-                    counters[series] = counters.get(series, 0.0) + value
+                    counters[series] = counters.get(series, 0.0) + _valid_count(value, meta)
                     metas[series] = meta
                 for series, meta, i in enum_plan:
                     enums[series] = _valid_word(as_i64[i], meta)
@@ -429,7 +426,7 @@ def _descriptor_budget() -> int:
     return max(0, min(1024, soft // 4))
 
 
-def _locked_by_other(fd: int) -> bool:
+def locked_by_other(fd: int) -> bool:
     """Whether another open file description holds an exclusive ``flock`` on
     ``fd``'s file (a live owner).  The shared lock taken to find out is
     released at once: a kept mapping shares ``fd``'s open file description,
@@ -458,7 +455,7 @@ def _check_header(mm: mmap.mmap) -> bytes:
 
 
 def _valid_count(value: float, meta: Meta) -> float:
-    if not (value >= 0.0 and math.isfinite(value)):
+    if not 0.0 <= value <= _MAX_COUNT:   # NaN fails both comparisons
         raise CorruptFile(f"invalid count {value!r} for {meta.name!r}")
     return value
 

@@ -254,10 +254,7 @@ def _is_live(path: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
+        return _mpfile.locked_by_other(fd)
     finally:
         os.close(fd)
 

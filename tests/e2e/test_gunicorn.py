@@ -20,12 +20,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from _registry import samples_of
 from _servers import ServerProcess, free_port, http_get, package_env, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs POSIX")]
@@ -100,24 +101,22 @@ def work(server: Gunicorn, requests: int) -> Dict[int, int]:
     return served
 
 
-def families(text: str) -> Dict[str, List]:
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+def samples(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+    return samples_of(text_string_to_metric_families(text))
 
 
 def requests_total(text: str) -> Optional[float]:
-    for s in families(text).get("app_requests", []):
-        if s.name == "app_requests_total" and s.labels == {"path": "/work"}:
-            return float(s.value)
-    return None
+    return samples(text).get(("app_requests_total", (("path", "/work"),)))
 
 
 def phase_pids(text: str) -> Dict[str, str]:
     """pid label -> the state at 1, per live process with the enum."""
     current: Dict[str, str] = {}
-    for s in families(text).get("app_phase", []):
-        if s.value == 1:
-            assert s.labels["pid"] not in current
-            current[s.labels["pid"]] = s.labels["app_phase"]
+    for (name, labels), value in samples(text).items():
+        if name == "app_phase" and value == 1:
+            label = dict(labels)
+            assert label["pid"] not in current
+            current[label["pid"]] = label["app_phase"]
     return current
 
 
