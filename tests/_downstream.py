@@ -73,6 +73,26 @@ def set_states(EnumCore e not None, long n, Py_ssize_t nstates):
     return failed
 
 
+cdef CounterCore unset_counter   # module-level handles never assigned: None
+cdef EnumCore unset_enum
+
+
+def add_to_unset(double amount):
+    """``counter_add`` on a handle that is still None; its return value."""
+    cdef int rc
+    with nogil:
+        rc = counter_add(unset_counter, amount)
+    return rc
+
+
+def set_unset(Py_ssize_t index):
+    """``enum_set`` on a handle that is still None; its return value."""
+    cdef int rc
+    with nogil:
+        rc = enum_set(unset_enum, index)
+    return rc
+
+
 def hammer_shared(long n):
     """``n`` x one atomic add on a single process-wide word, without the GIL."""
     cdef long i

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 import _downstream
 import fastmetrics
@@ -269,6 +269,20 @@ def test_enum_set_labelled_parent(ds: Any, registry: CollectorRegistry) -> None:
     child = e.labels("x")
     assert ds.set_state(child, 1) == 0
     assert _state(registry, "task", {"k": "x"}) == ["b"]
+
+
+def test_unset_handles_are_refused_and_touch_nothing(ds: Any, registry: CollectorRegistry) -> None:
+    # Audit item 10: a `cdef CounterCore` that is still None made counter_add
+    # report success and add into slot 0 (another metric), and enum_set crash.
+    counters = [fastmetrics.Counter(f"bystander{i}", "B.", registry=registry) for i in range(4)]
+    e = fastmetrics.Enum("bystander_state", "B.", states=["a", "b"], registry=registry)
+    e.state("b")
+    before = generate_latest(registry)
+    assert ds.add_to_unset(1.0) == -1
+    assert ds.set_unset(0) == -1
+    assert ds.set_unset(1) == -1
+    assert generate_latest(registry) == before
+    assert all(c._value.get() == 0 for c in counters)
 
 
 def test_enum_set_while_scraped(ds: Any, registry: CollectorRegistry) -> None:

@@ -24,7 +24,7 @@ cdef class MetricCore:
 
 cdef class CounterCore(MetricCore):
     cdef Py_ssize_t _slot             # -1 for a labelled parent; relaxed atomic
-    cdef object _retired              # slots replaced by reset(), freed with the counter
+    cdef Py_ssize_t _spare            # zeroed slot the next reset() swaps in (-1: none yet)
     cdef int _add(self, object amount) except -1
 
 

@@ -18,21 +18,22 @@ cdef extern from "_shards.h":
     ctypedef struct fm_stats_t:
         Py_ssize_t shards_total, shards_live, chunks, slots_used, slots_free
     Py_ssize_t FM_MAX_SLOTS
+    int FM_STATE_BITS
     int fm_mp
+    int fm_arena_errno
     int fm_init()
-    int fm_add(Py_ssize_t slot, double amount) nogil
+    int fm_add(const Py_ssize_t *slot_ref, double amount) nogil
+    void fm_quiesce() nogil
     double fm_fold(Py_ssize_t slot) nogil
     Py_ssize_t fm_slot_alloc() nogil
     void fm_slot_free(Py_ssize_t slot) nogil
-    void fm_before_fork() nogil
-    void fm_after_fork_parent() nogil
-    void fm_after_fork_child() nogil
+    void fm_slot_zero(Py_ssize_t slot) nogil
     fm_stats_t fm_stats() nogil
     int fm_words_ensure(Py_ssize_t slot) nogil
     void fm_word_set(Py_ssize_t slot, Py_ssize_t index) nogil
     Py_ssize_t fm_word_get(Py_ssize_t slot) nogil
     int fm_mp_enable() nogil
-    int fm_arena_attach(char *base, long long cap) nogil
+    int fm_arena_attach(char *base, long long cap, int fd) nogil
     void fm_arena_detach() nogil
     int fm_arena_record(unsigned int kind, long long arg, const void *data, unsigned int length) nogil
     Py_ssize_t fm_load_ssize(const Py_ssize_t *p) nogil
@@ -112,6 +113,7 @@ cdef extern from *:
 
 implementation = "cython"
 MAX_SLOTS = FM_MAX_SLOTS
+STATE_BITS = FM_STATE_BITS   # multiprocess enum word: index | (stamp_ms << STATE_BITS)
 
 cdef str _NEGATIVE = "Counters can only be incremented by non-negative amounts."
 
@@ -215,7 +217,7 @@ fm_install_labels(MetricCore, _labels_impl)
 cdef int _raise_no_chunk() except -1:
     """The error of an increment whose thread could not get a chunk (cold path)."""
     if fm_mp:
-        raise MemoryError("fastmetrics: the multiprocess file is full or detached")
+        _raise_arena_error()
     raise MemoryError("fastmetrics: cannot allocate a counter chunk")
 
 
@@ -227,16 +229,15 @@ cdef class CounterCore(MetricCore):
 
     def __cinit__(self, *args, **kwargs):
         self._slot = -1
-        self._retired = None
+        self._spare = -1
 
     def __dealloc__(self):
-        # No thread can be inside inc() on a dead object: every slot it ever
-        # used can be zeroed and recycled.
+        # No thread can be inside inc() on a dead object: both slots it owns
+        # can be zeroed and recycled.  Lock-free (safe inside any collection).
         if self._slot >= 0:
             fm_slot_free(self._slot)
-        if self._retired is not None:
-            for slot in self._retired:
-                fm_slot_free(slot)
+        if self._spare >= 0:
+            fm_slot_free(self._spare)
 
     def _init_value(self):
         """Give this counter (unlabelled, or a child) its slot, starting at 0."""
@@ -245,13 +246,16 @@ cdef class CounterCore(MetricCore):
 
     cdef int _add(self, object amount) except -1:
         cdef double a
-        cdef Py_ssize_t slot = fm_load_ssize(&self._slot)
-        if slot < 0:
+        cdef int rc
+        if fm_load_ssize(&self._slot) < 0:   # a parent: upstream's error comes first
             raise ValueError(f"{self._type} metric is missing label values")
-        a = _amount(amount)
-        if fm_add(slot, a) < 0:
-            _raise_no_chunk()
-        return 0
+        a = _amount(amount)   # may run Python code, so fm_add reads the slot again
+        rc = fm_add(&self._slot, a)
+        if rc == 0:
+            return 0
+        if rc == -2:
+            raise ValueError(f"{self._type} metric is missing label values")
+        return _raise_no_chunk()
 
     def inc(self, amount=1, exemplar=None):
         """Increment by ``amount`` (int, float or bool, >= 0). Lock-free."""
@@ -270,16 +274,28 @@ cdef class CounterCore(MetricCore):
             return 0.0
         return fm_fold(slot)
 
+    def _spare_slot(self):
+        """The zeroed slot the next ``_reset_value`` swaps in (allocated on the
+        first call; ``MemoryError`` when the table is full, changing nothing)."""
+        if self._spare < 0:
+            self._spare = _new_slot()
+        return self._spare
+
     def _reset_value(self):
-        """Restart from zero: swap in a fresh slot.  The old one is retired (an
-        increment racing with the reset may still land there) and freed with
-        the counter.  Lock-free; concurrent resets each retire what they swap out."""
-        if fm_load_ssize(&self._slot) < 0:
+        """Restart from zero: swap the spare slot in, wait until no increment
+        can still store into the old one (``fm_quiesce``), zero it and keep it
+        as the next spare.  Increments racing with the reset land on either
+        side; every one made after it returns counts.  Two slots per counter
+        however often it runs.  Callers serialise resets of one counter and
+        call ``_spare_slot`` first."""
+        cdef Py_ssize_t old
+        if fm_load_ssize(&self._slot) < 0 or self._spare < 0:
             return
-        old = fm_exchange_ssize(&self._slot, _new_slot())
-        if self._retired is None:
-            self._retired = []
-        self._retired.append(old)
+        old = fm_exchange_ssize(&self._slot, self._spare)
+        with nogil:
+            fm_quiesce()
+            fm_slot_zero(old)
+        self._spare = old
 
 
 cdef Py_ssize_t _new_slot() except -1:
@@ -457,14 +473,13 @@ cdef class HandlerCore:
 
 
 cdef int counter_add(CounterCore counter, double amount) noexcept nogil:
-    cdef Py_ssize_t slot = fm_load_ssize(&counter._slot)
-    if slot < 0 or not (amount >= 0.0):
+    if counter is None or not (amount >= 0.0):
         return -1
-    return fm_add(slot, amount)
+    return -1 if fm_add(&counter._slot, amount) < 0 else 0
 
 
 cdef int enum_set(EnumCore enum, Py_ssize_t index) noexcept nogil:
-    if index < 0 or index >= enum._nstates:
+    if enum is None or index < 0 or index >= enum._nstates:
         return -1
     fm_word_set(enum._slot, index)
     return 0
@@ -483,27 +498,32 @@ def stats():
     }
 
 
-# Fork hooks, called by fastmetrics.metrics (the one place that registers them,
-# so every lock is taken in one order: the children lock, then this one).
-def _before_fork():
-    fm_before_fork()
-
-
-def _after_fork_parent():
-    fm_after_fork_parent()
-
-
-def _after_fork_child():
-    fm_after_fork_child()
+# fork(): the shard store's lock is taken and released by C pthread_atfork
+# handlers that fm_init registered (no Python code runs while it is held).
 
 
 # Multiprocess mode (driven by fastmetrics.multiprocess).
+import os
+
 from cpython.ref cimport Py_DECREF, Py_INCREF
 
 # The mapped file's buffer, exported while attached.  It holds one extra
 # reference, so that module teardown at exit cannot unmap memory a late
 # (daemon or nogil) thread may still increment into; only _mp_detach drops it.
 cdef object _arena_view = None
+cdef object _arena_path = None
+
+
+cdef int _raise_arena_error() except -1:
+    """Why the multiprocess file could not take a record: its pages could not
+    be reserved (``OSError`` with the errno, e.g. ENOSPC), or it is full or
+    detached (``MemoryError``).  Both name the file."""
+    cdef int err = fm_arena_errno
+    if err:
+        raise OSError(err, f"fastmetrics: cannot reserve space in the multiprocess file "
+                           f"({os.strerror(err)}); what was counted stays valid", _arena_path)
+    raise MemoryError(f"fastmetrics: the multiprocess file {_arena_path} is full or detached "
+                      f"(set FASTMETRICS_MULTIPROC_CAPACITY higher)")
 
 
 def _mp_enable():
@@ -512,14 +532,18 @@ def _mp_enable():
         raise RuntimeError("fastmetrics: enable multiprocess mode before creating any metric")
 
 
-def _mp_attach(buffer):
-    """Take chunks from ``buffer`` (a writable mapping of this process's file,
-    zero past its header) from now on; enum words move there too."""
-    global _arena_view
+def _mp_attach(buffer, int fd, path):
+    """Take chunks from ``buffer`` (a writable mapping of ``path``, open as
+    ``fd``, zero past its header) from now on; enum words move there too.
+    Pages are reserved through ``fd`` before each append."""
+    global _arena_view, _arena_path
     cdef unsigned char[::1] view = buffer
-    if fm_arena_attach(<char *>&view[0], view.shape[0]) < 0:
-        fm_arena_detach()
-        raise MemoryError("fastmetrics: the multiprocess file is too small")
+    _arena_path = path
+    if fm_arena_attach(<char *>&view[0], view.shape[0], fd) < 0:
+        try:
+            _raise_arena_error()
+        finally:
+            fm_arena_detach()
     _mp_release_view()
     _arena_view = view
     Py_INCREF(_arena_view)
@@ -542,4 +566,4 @@ def _mp_record(unsigned int kind, long long arg, const unsigned char[::1] payloa
     """Append a metadata record to this process's file."""
     cdef const unsigned char *data = &payload[0] if payload.shape[0] else NULL
     if fm_arena_record(kind, arg, data, payload.shape[0]) < 0:
-        raise MemoryError("fastmetrics: the multiprocess file is full or detached")
+        _raise_arena_error()

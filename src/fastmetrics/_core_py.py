@@ -9,7 +9,11 @@ built (``FASTMETRICS_NO_EXTENSIONS=1``).  The design mirrors the C store:
   destroyed, and the next thread adopts it;
 - reads sum every shard's float for the slot;
 - enum words live in a table of chunks indexed by the enum's slot;
-- in multiprocess mode chunks are views of this process's mapped file.
+- ``reset()`` swaps in a zeroed spare slot, waits until no other thread is
+  inside an increment that may have read the old one (each shard's ``seq`` is
+  odd while its owner increments), then zeroes the old one for next time;
+- in multiprocess mode chunks are views of this process's mapped file, whose
+  pages are reserved (``posix_fallocate``) before they are handed out.
 
 Every structure shared between threads is a list or dict touched only with
 operations that are atomic in CPython, with or without the GIL (``append``,
@@ -18,6 +22,7 @@ operations that are atomic in CPython, with or without the GIL (``append``,
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -37,8 +42,9 @@ _REC_META_OFF = 16
 _REC_DATA_OFF = 128
 _REC_CHUNK = 1
 _REC_WORDS = 2
-_STATE_BITS = 12
-_STATE_MASK = (1 << _STATE_BITS) - 1
+STATE_BITS = 16   # multiprocess enum word: index | (stamp_ms << STATE_BITS)
+_STATE_MASK = (1 << STATE_BITS) - 1
+_RESERVE_STEP = 64 * 1024
 _REC_HEAD = struct.Struct("=IIq")
 
 _NEGATIVE = "Counters can only be incremented by non-negative amounts."
@@ -47,12 +53,14 @@ Chunk = Any  # list of floats/ints, or a memoryview of the mapped file
 
 
 class _Shard:
-    """One thread's partial sums.  Only the owning thread writes ``chunks``."""
+    """One thread's partial sums.  Only the owning thread writes ``chunks``
+    and ``seq`` (odd while it is inside an increment)."""
 
-    __slots__ = ("chunks", "owner")
+    __slots__ = ("chunks", "owner", "seq")
 
     def __init__(self) -> None:
         self.chunks: List[Optional[Chunk]] = []
+        self.seq = 0
         self.owner: Optional[object] = None  # the owning lease's token (never the lease:
                                              # that cycle would keep the lease alive)
 
@@ -96,22 +104,50 @@ _words: List[Optional[Chunk]] = [None] * MAX_CHUNKS  # enum words by slot >> CHU
 # Multiprocess arena (under _slot_lock; _mp is set once, before any slot exists).
 _mp = False
 _arena: Optional[memoryview] = None
+_arena_fd = -1              # the file, for reserving pages
+_arena_path: Optional[str] = None
+_arena_reserved = 0         # bytes known to be backed
 
 
-def _arena_append_locked(kind: int, arg: int, payload_off: int, data: Optional[bytes], length: int) -> Optional[int]:
-    """Append a record (header last, then ``used``); payload offset or None when full.
+def _arena_full() -> MemoryError:
+    return MemoryError(f"fastmetrics: the multiprocess file {_arena_path} is full or detached "
+                       f"(set FASTMETRICS_MULTIPROC_CAPACITY higher)")
+
+
+def _reserve_locked(end: int) -> None:
+    """Back the arena up to ``end`` with real pages (in 64 KiB steps), so a
+    full filesystem is an ``OSError`` here, never a SIGBUS on a later store.
+    The range starts past ``used``: nothing is stored there yet."""
+    global _arena_reserved
+    if end <= _arena_reserved or _arena_fd < 0 or not hasattr(os, "posix_fallocate"):
+        return
+    want = min(-(-end // _RESERVE_STEP) * _RESERVE_STEP, len(_arena))  # type: ignore[arg-type]
+    try:
+        os.posix_fallocate(_arena_fd, _arena_reserved, want - _arena_reserved)
+    except OSError as e:
+        raise OSError(e.errno, f"fastmetrics: cannot reserve space in the multiprocess file "
+                               f"({os.strerror(e.errno or 0)}); what was counted stays valid",
+                      _arena_path) from None
+    _arena_reserved = want
+
+
+def _arena_append_locked(kind: int, arg: int, payload_off: int, data: Optional[bytes], length: int) -> int:
+    """Append a record (header last, then ``used``); the payload offset.
+    ``MemoryError`` when full or detached, ``OSError`` when its pages cannot be
+    reserved; nothing is published then.
 
     ``used`` is read and written through an int64 view: one aligned 8-byte
     store, as readers load it (``struct`` would copy byte by byte, and a
     reader could see a torn offset)."""
     arena = _arena
     if arena is None:
-        return None
+        raise _arena_full()
     with arena[_HDR_USED:_HDR_USED + 8] as field, field.cast("q") as used_word:
         used = used_word[0]
         size = (payload_off + length + 127) & ~127
         if used < 0 or size > len(arena) - used:
-            return None
+            raise _arena_full()
+        _reserve_locked(used + size)
         if data:
             arena[used + payload_off:used + payload_off + length] = data
         _REC_HEAD.pack_into(arena, used, kind, length, arg)
@@ -147,8 +183,6 @@ def _chunk_for(shard: _Shard, c: int) -> Chunk:
     if _mp:
         with _slot_lock:
             off = _arena_append_locked(_REC_CHUNK, c, _REC_DATA_OFF, None, _CHUNK_BYTES)
-        if off is None:
-            raise MemoryError("fastmetrics: the multiprocess file is full or detached")
         chunk = _arena[off:off + _CHUNK_BYTES].cast("d")  # type: ignore[index]
     else:
         chunk = [0.0] * CHUNK_SLOTS
@@ -205,11 +239,21 @@ def _slot_alloc() -> int:
         return _slots_issued - 1
 
 
-def _slot_free(slot: int) -> None:
-    """Zero ``slot`` everywhere and recycle it; never in multiprocess mode (the
-    counts belong to the cross-process totals)."""
-    if _mp:
-        return
+def _quiesce() -> None:
+    """Wait until no other thread is inside an increment that may have read a
+    slot index before this call (see the C twin's ``fm_quiesce``)."""
+    lease = getattr(_local, "lease", None)
+    own = lease.shard if lease is not None else None
+    for shard in list(_all_shards):
+        seq = shard.seq
+        if shard is own or not seq & 1:
+            continue
+        while shard.seq == seq:
+            time.sleep(0)
+
+
+def _slot_zero(slot: int) -> None:
+    """Zero ``slot`` in every shard and its enum word (no writer may touch it)."""
     c, off = slot >> CHUNK_BITS, slot & _CHUNK_MASK
     for shard in _all_shards:
         chunks = shard.chunks
@@ -219,6 +263,14 @@ def _slot_free(slot: int) -> None:
     words = _words[c]
     if words is not None:
         words[off] = 0
+
+
+def _slot_free(slot: int) -> None:
+    """Zero ``slot`` everywhere and recycle it; never in multiprocess mode (the
+    counts belong to the cross-process totals).  Takes no lock."""
+    if _mp:
+        return
+    _slot_zero(slot)
     _free_slots.append(slot)
 
 
@@ -232,8 +284,6 @@ def _words_ensure(slot: int) -> None:
             _words[c] = [0] * CHUNK_SLOTS
             return
         off = _arena_append_locked(_REC_WORDS, c, _REC_DATA_OFF, None, _CHUNK_BYTES)
-        if off is None:
-            raise MemoryError("fastmetrics: cannot allocate the enum word")
         _words[c] = _arena[off:off + _CHUNK_BYTES].cast("q")  # type: ignore[index]
 
 
@@ -285,33 +335,36 @@ class CounterCore(MetricCore):
     """A counter value: one slot, summed over every thread's shard on read."""
 
     _slot = -1
-    _retired: Optional[List[int]] = None
+    _spare = -1
 
     def __del__(self) -> None:
         if self._slot >= 0:
             _slot_free(self._slot)
             self._slot = -1
-        for slot in self._retired or ():
-            _slot_free(slot)
+        if self._spare >= 0:
+            _slot_free(self._spare)
+            self._spare = -1
 
     def _init_value(self) -> None:
         if self._slot < 0:
             self._slot = _slot_alloc()
 
     def _add(self, amount: Any) -> None:
-        slot = self._slot
-        if slot < 0:
+        if self._slot < 0:
             raise ValueError(f"{self._type} metric is missing label values")  # type: ignore[attr-defined]
         a = _amount(amount)
         lease = _lease()
         if lease.busy:  # a signal handler interrupted an increment on this thread
-            lease.pending.append((slot, a))
+            lease.pending.append((self._slot, a))
             return
         pending = lease.pending
+        shard = lease.shard
         lease.busy = True
+        shard.seq += 1   # odd: a reset's _quiesce waits for this store
         try:
-            _store_add(lease.shard, slot, a)
+            _store_add(shard, self._slot, a)
         finally:
+            shard.seq += 1
             lease.busy = False
         while pending:  # increments made by handlers while we were busy
             lease.busy = True
@@ -336,14 +389,19 @@ class CounterCore(MetricCore):
             return 0.0
         return _fold(slot)
 
+    def _spare_slot(self) -> int:
+        if self._spare < 0:
+            self._spare = _slot_alloc()
+        return self._spare
+
     def _reset_value(self) -> None:
-        if self._slot < 0:
-            return
         # Serialised by the caller (Counter.reset holds the children lock).
-        old, self._slot = self._slot, _slot_alloc()
-        if self._retired is None:
-            self._retired = []
-        self._retired.append(old)
+        if self._slot < 0 or self._spare < 0:
+            return
+        old, self._slot = self._slot, self._spare
+        _quiesce()
+        _slot_zero(old)
+        self._spare = old
 
 
 class EnumCore(MetricCore):
@@ -390,7 +448,7 @@ class EnumCore(MetricCore):
             index = self._states_list.index(state)
         slot = self._slot
         if _mp:
-            index |= (time.time_ns() // 1000) << _STATE_BITS
+            index |= (time.time_ns() // 1_000_000) << STATE_BITS
         _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] = index  # type: ignore[index]
 
     def state(self, state: Any) -> None:
@@ -400,7 +458,8 @@ class EnumCore(MetricCore):
         slot = self._slot
         if self._nstates < 0:
             return 0
-        return _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] & _STATE_MASK  # type: ignore[index,no-any-return]
+        word: int = _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK]  # type: ignore[index]
+        return word & _STATE_MASK if _mp else word
 
     def _slot_index(self) -> int:
         return self._slot
@@ -483,20 +542,22 @@ def _after_fork_child() -> None:
     with their counts, and release the lock.  Multiprocess mode: the chunks are
     the parent's (its file), so the child starts from zero, and enum words move
     to the heap until the child attaches a file of its own."""
-    global _arena
     lease = getattr(_local, "lease", None)
     current = lease.token if lease is not None else None
     for shard in _all_shards:
-        if shard.owner is not None and shard.owner is not current:
-            shard.owner = None
-            _free_shards.append(shard)
+        if shard.owner is not current:
+            if shard.owner is not None:
+                shard.owner = None
+                _free_shards.append(shard)
+            if shard.seq & 1:   # its thread was inside an increment: it is gone
+                shard.seq += 1
         if _mp:
             shard.chunks = []
     if _mp:
         for c, words in enumerate(_words):
             if words is not None:
                 _words[c] = list(words)
-        _arena = None
+        _detach_locked()
     _slot_lock.release()
 
 
@@ -511,32 +572,41 @@ def _mp_enable() -> None:
         _mp = True
 
 
-def _mp_attach(buffer: Any) -> None:
-    """Take chunks from ``buffer`` (a writable mapping of this process's file,
-    zero past its header) from now on; enum words move there too."""
-    global _arena
+def _mp_attach(buffer: Any, fd: int, path: str) -> None:
+    """Take chunks from ``buffer`` (a writable mapping of ``path``, open as
+    ``fd``, zero past its header) from now on; enum words move there too.
+    Pages are reserved through ``fd`` before each append."""
+    global _arena, _arena_fd, _arena_path, _arena_reserved
     with _slot_lock:
         _arena = memoryview(buffer).cast("B")
-        for c, words in enumerate(_words):
-            if words is None:
-                continue
-            data = struct.pack(f"={CHUNK_SLOTS}q", *words)
-            off = _arena_append_locked(_REC_WORDS, c, _REC_DATA_OFF, data, _CHUNK_BYTES)
-            if off is None:
-                _arena = None
-                raise MemoryError("fastmetrics: the multiprocess file is too small")
-            _words[c] = _arena[off:off + _CHUNK_BYTES].cast("q")
+        _arena_fd, _arena_path = fd, path
+        with _arena[_HDR_USED:_HDR_USED + 8] as field, field.cast("q") as used_word:
+            _arena_reserved = used_word[0]   # the header is written
+        try:
+            for c, words in enumerate(_words):
+                if words is None:
+                    continue
+                data = struct.pack(f"={CHUNK_SLOTS}q", *words)
+                off = _arena_append_locked(_REC_WORDS, c, _REC_DATA_OFF, data, _CHUNK_BYTES)
+                _words[c] = _arena[off:off + _CHUNK_BYTES].cast("q")
+        except BaseException:
+            _detach_locked()
+            raise
+
+
+def _detach_locked() -> None:
+    global _arena, _arena_fd, _arena_reserved
+    _arena, _arena_fd, _arena_reserved = None, -1, 0
 
 
 def _mp_detach() -> None:
     """Stop using the mapped file (before it is closed)."""
-    global _arena
     with _slot_lock:
-        _arena = None
+        _detach_locked()
 
 
 def _mp_record(kind: int, arg: int, payload: bytes) -> None:
-    """Append a metadata record to this process's file."""
+    """Append a metadata record to this process's file (``MemoryError`` when
+    full, ``OSError`` when its pages cannot be reserved)."""
     with _slot_lock:
-        if _arena_append_locked(kind, arg, _REC_META_OFF, payload, len(payload)) is None:
-            raise MemoryError("fastmetrics: the multiprocess file is full or detached")
+        _arena_append_locked(kind, arg, _REC_META_OFF, payload, len(payload))

@@ -40,15 +40,19 @@ enable_created_metrics = _pm.enable_created_metrics
 # Lock order: this lock, then a core's own lock (slot allocation).
 _children_lock = threading.Lock()
 
-# fork(): every lock is held across it, in the order above, so the child never
-# inherits one mid-update; the cores' child hooks then hand the shards of
-# threads that do not exist in the child back to the pool (counts kept).
+# fork(): every Python lock is held across it, in the order above, so the
+# child never inherits one mid-update; the twin's child hook then hands the
+# shards of threads that do not exist in the child back to the pool (counts
+# kept).  The C core needs no Python hook: its C mutex is taken by C
+# pthread_atfork handlers inside fork() itself, where no Python code can run
+# while it is held (a Python hook holding it could hand the GIL to a thread
+# that then blocks on it).
 # Registered here, once, because Python runs `before` hooks in reverse
 # registration order: per-module registration would make the order depend on
 # import order and could deadlock.
 # Multiprocess mode (fastmetrics.multiprocess) installs its metadata recorder
-# here; its lock sits between the children lock and the cores' locks.
-_FORK_AWARE_CORES = ("fastmetrics._core_c", "fastmetrics._core_py")
+# here; its lock sits between the children lock and the twin's lock.
+_FORK_AWARE_CORES = ("fastmetrics._core_py",)
 _mp_recorder: Any = None
 _held_across_fork: list = []   # [recorder or None, *cores]
 
@@ -318,13 +322,20 @@ class _CounterAPI(_MetricWrapper):
 
     def reset(self) -> None:
         """Reset to zero (and ``_created`` to now), for a logical process restart.
-        An increment racing with the reset may land on either side of it."""
+
+        An increment racing with the reset may land on either side of it;
+        every increment made after it returns counts.  Memory stays flat
+        however often it runs (a counter alternates between two slots).
+        ``MemoryError``/``OSError`` (no slot left, or the multiprocess file
+        cannot take the spare slot's metadata) leave the counter unchanged."""
         with _children_lock:
-            old_slot = self._slot_index()
+            if self._slot_index() < 0:
+                return
+            spare = self._spare_slot()
+            if _mp_recorder is not None:
+                _mp_recorder.counter_slot(self, spare)   # before the swap: no unseen slot
             self._reset_value()
             self._created = time.time()
-            if _mp_recorder is not None and old_slot >= 0:
-                _mp_recorder.counter_reset(self, old_slot)
 
     def count_exceptions(
         self, exception: Union[Type[BaseException], Tuple[Type[BaseException], ...]] = Exception

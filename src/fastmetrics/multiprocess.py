@@ -110,13 +110,14 @@ class _Recorder:
             self.records[slot] = (kind, payload)
 
     def counter_created(self, metric: Any) -> None:
-        self._write(_mpfile.COUNTER, metric._slot_index(), _mpfile.meta_payload(_meta(metric, "counter", ())))
+        self.counter_slot(metric, metric._slot_index())
 
-    def counter_reset(self, metric: Any, old_slot: int) -> None:
-        with self.lock:
-            _core.core._mp_record(_mpfile.RETIRE, old_slot, b"")
-            self.records.pop(old_slot, None)
-        self.counter_created(metric)
+    def counter_slot(self, metric: Any, slot: int) -> None:
+        """Declare ``slot`` as one of ``metric``'s (its value, or the spare that
+        ``reset()`` swaps in; readers sum a series over its slots).  Once per
+        slot: a counter reset every scrape appends nothing after the first."""
+        if slot not in self.records:
+            self._write(_mpfile.COUNTER, slot, _mpfile.meta_payload(_meta(metric, "counter", ())))
 
     @staticmethod
     def check_states(states: Iterable[Any]) -> None:
@@ -143,7 +144,7 @@ class _Recorder:
                 self.file.close()
             self.file = None
             self.file = _ProcessFile.create(self.directory, self.capacity)
-            _core.core._mp_attach(self.file.mm)
+            _core.core._mp_attach(self.file.mm, self.file.fd, self.file.path)
             for slot, (kind, payload) in sorted(self.records.items()):
                 _core.core._mp_record(kind, slot, payload)
         except Exception:  # noqa: BLE001 - a fork hook cannot raise
@@ -200,7 +201,7 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
         file = _ProcessFile.create(path, capacity)
         try:
             _core.core._mp_enable()
-            _core.core._mp_attach(file.mm)
+            _core.core._mp_attach(file.mm, file.fd, file.path)
         except BaseException:
             file.close()
             os.unlink(file.path)
