@@ -5,9 +5,10 @@
  * nothing) and plainly at -O2 (a correctness run at full speed).
  *
  * All scenarios run at once, each on its own thread(s):
- *   writers       WRITERS threads, each a known number of fm_add()s on slots
- *                 spread over several chunks (first touches allocate chunks
- *                 while the reader folds them);
+ *   writers       WRITERS threads adding fixed amounts to slots spread over
+ *                 several chunks (first touches allocate chunks while the
+ *                 reader folds them), counting their iterations: at least
+ *                 writer_iters, and on until churn and slot_cycler finish;
  *   churn         rounds of CHURN_THREADS short-lived threads (create, a few
  *                 fm_add()s, exit, join): shards go back to the pool through
  *                 the pthread key destructor and are adopted with their counts;
@@ -20,8 +21,11 @@
  * Then main checks exact sums, the shard pool's bounds and the slot counts.
  *
  * Only the functions _shards.h declares are used.  Each scenario is one small
- * function; main() wires them together.  Usage: tsan_shards [SCALE] (default
- * 1; the iteration counts are multiplied by SCALE).
+ * function; main() wires them together, and the checks after the joins are
+ * the API's contracts as of this writing (slot_cycler's "a recycled slot reads
+ * 0" must hold however fm_slot_free defers its work; the fork hooks are not
+ * exercised here).  Usage: tsan_shards [SCALE] (default 1; the iteration
+ * counts are multiplied by SCALE).
  */
 #define _GNU_SOURCE
 #include <sys/types.h>
