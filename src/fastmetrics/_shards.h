@@ -626,7 +626,7 @@ static void fm_drain_pending_locked(void) {
 static Py_ssize_t fm_slot_alloc(void) {
     Py_ssize_t slot = -1;
     fm_mutex_lock(&fm_lock);
-    if (fm_pending_slots != NULL) fm_drain_pending_locked();
+    if (fm_load_ptr_acquire((void *const *)&fm_pending_slots) != NULL) fm_drain_pending_locked();
     if (fm_free_slots_len > 0) {
         slot = fm_free_slots[--fm_free_slots_len];
     } else if (fm_next_slot < FM_MAX_SLOTS) {
@@ -753,7 +753,7 @@ typedef struct {
 static fm_stats_t fm_stats(void) {
     fm_stats_t st;
     fm_mutex_lock(&fm_lock);
-    if (fm_pending_slots != NULL) fm_drain_pending_locked();
+    if (fm_load_ptr_acquire((void *const *)&fm_pending_slots) != NULL) fm_drain_pending_locked();
     st.shards_total = fm_shards_total;
     st.shards_live = fm_shards_live;
     st.slots_used = fm_next_slot - fm_free_slots_len;

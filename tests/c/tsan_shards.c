@@ -15,6 +15,11 @@
  *   slot_cycler   fm_slot_alloc() batches that cross chunk boundaries, enum
  *                 words, increments, fm_slot_free(): a recycled slot reads 0;
  *   enum_setter   fm_word_set() on one enum slot;
+ *   resetter      reset() as the C core does it, on a slot every writer also
+ *                 increments: swap the spare in, fm_quiesce(), harvest the
+ *                 old slot's fold, zero it; a spare must read 0 when it is
+ *                 swapped in (no late store), and harvests + the final fold
+ *                 must equal every increment made (none lost, none twice);
  *   reader        fm_fold()/fm_word_get()/fm_stats() in a loop: readings
  *                 never go backwards, never pass the final total, states
  *                 stay in range.
@@ -63,12 +68,16 @@ typedef ssize_t Py_ssize_t;
 static long writer_iters = 100000;   /* per writer, at least: see writer() */
 static long churn_rounds = 150;
 static long cycle_rounds = 20;
+static long reset_rounds = 2000;
 
 /* Stable slots: the writers' (spread over chunks 0..2), the churn slot, the
  * enum slot.  Set by main before any thread starts. */
 enum { S_ONE, S_TWO, S_HALF, S_SPARSE, S_CHURN, N_READ };
 static Py_ssize_t slot_of[N_READ];
 static Py_ssize_t enum_slot;
+static Py_ssize_t reset_ref;            /* the slot writers add to; swapped by resetter */
+static Py_ssize_t reset_spare;          /* resetter only */
+static double harvested = 0.0;          /* resetter only, read by main after join */
 
 static pthread_barrier_t start_line;   /* every scenario thread starts at once */
 static int others_done = 0;    /* __atomic: churn and slot_cycler have finished */
@@ -105,7 +114,7 @@ static void join_or_die(pthread_t t) {
 }
 
 static void add_or_die(Py_ssize_t slot, double amount) {
-    CHECK(fm_add(slot, amount) == 0, "fm_add(%zd) out of memory", slot);
+    CHECK(fm_add(&slot, amount) == 0, "fm_add(%zd) out of memory", slot);
 }
 
 /* ---- scenario: writers -------------------------------------------------- */
@@ -119,6 +128,7 @@ static void *writer(void *arg) {
         add_or_die(slot_of[S_TWO], 2.0);
         add_or_die(slot_of[S_HALF], 0.5);
         if ((i & 7) == 0) add_or_die(slot_of[S_SPARSE], 3.0);
+        CHECK(fm_add(&reset_ref, 1.0) == 0, "fm_add(reset_ref) out of memory");
     }
     writer_done[w] = i;   /* read by main after join */
     return NULL;
@@ -173,6 +183,24 @@ static void *slot_cycler(void *arg) {
     return NULL;
 }
 
+/* ---- scenario: reset (swap, quiesce, harvest, zero) ---------------------- */
+static void *resetter(void *arg) {
+    long r;
+    (void)arg;
+    pthread_barrier_wait(&start_line);
+    for (r = 0; r < reset_rounds; r++) {
+        Py_ssize_t old;
+        CHECK(fm_fold(reset_spare) == 0.0, "spare slot %zd reads %g when swapped in (round %ld)",
+              reset_spare, fm_fold(reset_spare), r);
+        old = fm_exchange_ssize(&reset_ref, reset_spare);
+        fm_quiesce();
+        harvested += fm_fold(old);   /* no writer can store there any more */
+        fm_slot_zero(old);
+        reset_spare = old;
+    }
+    return NULL;
+}
+
 /* ---- scenario: enum word setter ----------------------------------------- */
 static void *enum_setter(void *arg) {
     Py_ssize_t i = 0;
@@ -217,7 +245,7 @@ static double now_s(void) {
 }
 
 int main(int argc, char **argv) {
-    pthread_t writers[WRITERS], churner, cycler, setter, rd;
+    pthread_t writers[WRITERS], churner, cycler, setter, rd, rs;
     Py_ssize_t s;
     fm_stats_t st;
     long scale = argc > 1 ? atol(argv[1]) : 1, all_iters = 0;
@@ -228,6 +256,7 @@ int main(int argc, char **argv) {
     writer_iters *= scale;
     churn_rounds *= scale;
     cycle_rounds *= scale;
+    reset_rounds *= scale;
 
     CHECK(fm_init() == 0, "fm_init failed");
     for (k = 0; k < STABLE_SLOTS; k++) {
@@ -241,16 +270,20 @@ int main(int argc, char **argv) {
     slot_of[S_CHURN] = FM_CHUNK_SLOTS + 7;
     enum_slot = 3;
     CHECK(fm_words_ensure(enum_slot) == 0, "fm_words_ensure out of memory");
+    reset_ref = STABLE_SLOTS - 2;
+    reset_spare = STABLE_SLOTS - 3;
 
-    CHECK(pthread_barrier_init(&start_line, NULL, WRITERS + 4) == 0, "pthread_barrier_init");
+    CHECK(pthread_barrier_init(&start_line, NULL, WRITERS + 5) == 0, "pthread_barrier_init");
     start_or_die(&rd, reader, NULL);
     start_or_die(&setter, enum_setter, NULL);
     for (k = 0; k < WRITERS; k++) start_or_die(&writers[k], writer, (void *)(intptr_t)k);
     start_or_die(&churner, churn, NULL);
     start_or_die(&cycler, slot_cycler, NULL);
+    start_or_die(&rs, resetter, NULL);
 
     join_or_die(churner);
     join_or_die(cycler);
+    join_or_die(rs);
     __atomic_store_n(&others_done, 1, __ATOMIC_RELEASE);
     for (k = 0; k < WRITERS; k++) join_or_die(writers[k]);
     __atomic_store_n(&stop_setting, 1, __ATOMIC_RELEASE);
@@ -279,6 +312,10 @@ int main(int argc, char **argv) {
     CHECK(st.chunks >= 3, "only %zd chunks", st.chunks);
 
     for (k = 0; k < WRITERS; k++) all_iters += writer_done[k];
+    CHECK(harvested + fm_fold(reset_ref) == (double)all_iters,
+          "reset slot: %.17g harvested + %.17g live, expected %ld increments",
+          harvested, fm_fold(reset_ref), all_iters);
+    CHECK(fm_fold(reset_spare) == 0.0, "the spare slot reads %g", fm_fold(reset_spare));
 
     /* Main's first increment adopts a pooled shard, counts included. */
     add_or_die(slot_of[S_ONE], 1.0);
@@ -288,10 +325,10 @@ int main(int argc, char **argv) {
     CHECK(st.shards_total <= WRITERS + CHURN_THREADS + 1, "main's shard was not pooled: %zd", st.shards_total);
 
     printf("tsan_shards: OK in %.2f s (scale %ld: %d writers x >= %ld iterations (%ld in all), "
-           "%ld short-lived threads, %ld slot alloc/free, %ld readings, %zd shards, %zd chunks)\n",
+           "%ld short-lived threads, %ld slot alloc/free, %ld resets, %ld readings, %zd shards, %zd chunks)\n",
            now_s() - t0, scale, WRITERS, writer_iters,
            all_iters,
            churn_rounds * CHURN_THREADS,
-           cycle_rounds * CYCLE_BATCH, readings, st.shards_total, st.chunks);
+           cycle_rounds * CYCLE_BATCH, reset_rounds, readings, st.shards_total, st.chunks);
     return 0;
 }
