@@ -47,6 +47,7 @@ __all__ = ["ENV_DIR", "MultiProcessCollector", "compact", "directory", "enable"]
 ENV_DIR = "FASTMETRICS_MULTIPROC_DIR"
 ENV_CAPACITY = "FASTMETRICS_MULTIPROC_CAPACITY"
 DEFAULT_CAPACITY = 64 << 20   # bytes reserved per process file (sparse until used)
+MAX_CAPACITY = 1 << 40        # 1 TiB: far more than 2,048 chunks per thread can use
 ENUM_MODES = ("pid", "mostrecent")
 STALE_TEMP_SECONDS = 60.0
 
@@ -62,16 +63,17 @@ class _ProcessFile:
     @classmethod
     def create(cls, directory: str, capacity: int) -> "_ProcessFile":
         """Create, lock, map and publish (rename) a new file, so readers never
-        see a file without its owner's lock."""
+        see a file without its owner's lock.  ValueError naming the capacity
+        setting when the system refuses a file (or a mapping) that large;
+        other errors as ``OSError``."""
         uid, pid = _mpfile.new_uid(), os.getpid()
         name = _mpfile.process_file_name(pid, uid)
         path, tmp = os.path.join(directory, name), os.path.join(directory, f".{name}.tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)   # a new inode: never contended
-            os.ftruncate(fd, capacity)       # sparse: pages cost nothing until touched
+            mm = _reserve(fd, capacity, directory)
             os.pwrite(fd, _mpfile.header(pid, time.time_ns(), capacity, uid), 0)
-            mm = mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             _mpfile.no_readahead(mm)
             os.rename(tmp, path)
         except BaseException:
@@ -91,6 +93,23 @@ class _ProcessFile:
         except BufferError:  # a view is still exported; the mapping stays
             log.debug("fastmetrics: %s stays mapped (a view is still exported)", self.path)
         os.close(self.fd)
+
+
+_TOO_LARGE = (errno.EFBIG, errno.EINVAL, errno.ENOMEM, errno.EOVERFLOW)
+
+
+def _reserve(fd: int, capacity: int, directory: str) -> mmap.mmap:
+    """Size the file to ``capacity`` (sparse: pages cost nothing until
+    touched) and map it.  ValueError naming the setting if the file system
+    or the address space refuses that size."""
+    try:
+        os.ftruncate(fd, capacity)
+        return mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as e:
+        if e.errno not in _TOO_LARGE:
+            raise
+        raise ValueError(f"cannot reserve a process file of {capacity} bytes in {directory} ({e.strerror}); "
+                         f"set a smaller {ENV_CAPACITY} or enable(capacity=...)") from e
 
 
 class _Recorder:
@@ -169,7 +188,9 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
     missing and exported in that variable so spawned children follow.
     ``capacity`` (default 64 MiB, or ``$FASTMETRICS_MULTIPROC_CAPACITY``) is
     the size reserved for each process file, sparse: a thread's first
-    increment of every 512 slots takes 4 KiB of it.
+    increment of every 512 slots takes 4 KiB of it.  ``ValueError`` if it is
+    under 64 KiB, not a multiple of the page size, over 1 TiB, or more than
+    the file system or address space allows (the message names the setting).
 
     Must run before any metric is created (``RuntimeError`` otherwise);
     calling it again with the same directory is a no-op, with another one a
@@ -183,14 +204,19 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
     if not path:
         raise ValueError(f"no directory given and {ENV_DIR} is not set")
     path = os.path.abspath(path)
+    setting = "capacity"
     if capacity is None:
         raw = os.environ.get(ENV_CAPACITY)
         try:
             capacity = int(raw) if raw else DEFAULT_CAPACITY
         except ValueError:
             raise ValueError(f"{ENV_CAPACITY} must be a number of bytes, not {raw!r}") from None
+        setting = ENV_CAPACITY
     if capacity < 64 * 1024 or capacity % mmap.PAGESIZE:
         raise ValueError(f"capacity must be a multiple of {mmap.PAGESIZE} bytes, at least 64 KiB")
+    if capacity > MAX_CAPACITY:
+        raise ValueError(f"{setting}={capacity} is more than 1 TiB ({MAX_CAPACITY} bytes), "
+                         "the largest process file")
     with _enable_lock:
         if _recorder is not None:
             if _recorder.directory != path:
