@@ -339,6 +339,30 @@ def scenario_prefork(args: dict) -> None:
     assert read_command()["op"] == "exit"
 
 
+# -- robustness tests ------------------------------------------------------------
+
+def scenario_surrogates(args: dict) -> None:
+    """Strings that are not valid UTF-8 (a lone surrogate, what os.fsdecode
+    makes of a non-UTF-8 byte) as a label value, help text or enum state: the
+    errors, and the shard store's stats around them (nothing allocated)."""
+    import fastmetrics
+
+    m = metrics()
+    bad = os.fsdecode(b"\xff")
+    m.work.labels("ok").inc()
+    before = fastmetrics.shard_stats()
+    errors = {
+        "label": _error(lambda: m.work.labels(bad)),
+        "label_kwarg": _error(lambda: m.bytes.labels(direction="in", code=bad)),
+        "enum_label": _error(lambda: m.role.labels(bad)),
+        "documentation": _error(lambda: fastmetrics.Counter("mp_bad_doc", "Help " + bad)),
+        "state": _error(lambda: fastmetrics.Enum("mp_bad_state", "Help.", states=["ok", bad])),
+    }
+    after = fastmetrics.shard_stats()
+    m.work.labels("ok").inc()
+    emit(event="done", pid=os.getpid(), errors=errors, before=before, after=after)
+
+
 # -- enable() ------------------------------------------------------------------
 
 def scenario_late_enable(args: dict) -> None:

@@ -13,18 +13,72 @@ with a deadline.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Dict
+from typing import Any, Callable, Dict, Optional
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from fastmetrics import multiprocess
-from test_multiprocess import _pytest_process_stays_out_of_multiprocess_mode, implementation  # noqa: F401 - fixtures
+from fastmetrics.multiprocess import MultiProcessCollector
+from test_multiprocess import (  # noqa: F401 - fixtures
+    _pytest_process_stays_out_of_multiprocess_mode, fm_files, implementation, mp, value,
+)
 
 DEADLINE = 60.0   # seconds; every bounded operation takes milliseconds
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+def bounded(call: Callable[[], Any], fifo_dir: Optional[Path] = None) -> Any:
+    """``call()`` in a daemon thread: its result, or its exception re-raised;
+    the test fails if it has not returned within DEADLINE.  A reader stuck
+    opening a FIFO is then released (each FIFO in ``fifo_dir`` is opened for
+    writing), so the thread ends."""
+    box: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(DEADLINE)
+    if thread.is_alive():
+        for _ in range(20):
+            for entry in (fifo_dir.iterdir() if fifo_dir else ()):
+                if stat.S_ISFIFO(entry.lstat().st_mode):
+                    try:
+                        os.close(os.open(entry, os.O_WRONLY | os.O_NONBLOCK))
+                    except OSError:
+                        pass
+            thread.join(0.5)
+        pytest.fail(f"{call} did not return within {DEADLINE} s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def serve(path: Path, **kwargs) -> tuple:
+    """(collector, text exposition, OpenMetrics exposition), each step bounded."""
+    registry = CollectorRegistry()
+    collector = MultiProcessCollector(registry, str(path), **kwargs)
+    text = bounded(lambda: generate_latest(registry).decode(), path)
+    openmetrics = bounded(lambda: generate_openmetrics(registry).decode(), path)
+    return collector, text, openmetrics
+
+
+def only_file(path: Path) -> Path:
+    [name] = [n for n in fm_files(path) if n != "archive.fm"]
+    return path / name
+
 
 def worker_env(implementation: str, **extra: str) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items()
@@ -33,6 +87,34 @@ def worker_env(implementation: str, **extra: str) -> Dict[str, str]:
         env["FASTMETRICS_NO_EXTENSIONS"] = "1"
     env.update(extra)
     return env
+
+
+# -- 9. strings that are not valid UTF-8 -----------------------------------------------------
+
+def test_strings_that_are_not_utf8_are_refused_before_anything_is_written(mp):
+    """In multiprocess mode a label value, help text or enum state holding a
+    lone surrogate (``os.fsdecode(b"\\xff")``) raises ValueError naming it,
+    before a slot is allocated or a record written; the scrape keeps working."""
+    msg = mp.run("surrogates")
+    for what, error in msg["errors"].items():
+        assert error is not None and error.startswith("ValueError: "), (what, error)
+        assert "\\udcff'" in error and "not valid UTF-8" in error, (what, error)
+    assert msg["errors"]["label"].startswith("ValueError: label value '\\udcff'")
+    assert msg["after"] == msg["before"]
+    data = only_file(mp.path).read_bytes()
+    assert b"udcff" not in data and b"mp_bad_" not in data
+    collector, text, _ = serve(mp.path)
+    assert collector.skipped == []
+    assert value(text, "mp_work_total", worker="ok") == 2
+
+
+def test_in_process_mode_accepts_any_label_value(impl, registry):
+    """Without multiprocess mode nothing is encoded: a lone surrogate is a
+    label value like any other, as with prometheus_client."""
+    bad = os.fsdecode(b"\xff")
+    c = impl.Counter("surrogate", "Help " + bad, labelnames=["k"], registry=registry)
+    c.labels(bad).inc()
+    assert c.labels(bad)._value.get() == 1
 
 
 # -- 15. capacities the file system cannot hold --------------------------------------------------

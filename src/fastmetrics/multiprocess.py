@@ -138,9 +138,31 @@ class _Recorder:
         self.counter_created(metric)
 
     @staticmethod
-    def check_states(states: Iterable[Any]) -> None:
-        if len(list(states)) > _mpfile.MAX_STATES:
+    def check_strings(what: str, strings: Iterable[Any]) -> None:
+        """ValueError naming the first of ``strings`` that is not valid UTF-8
+        (a lone surrogate, as ``os.fsdecode`` makes of a non-UTF-8 byte): the
+        files hold UTF-8 and an exporter must encode what it reads.  Called
+        before anything is allocated or written; non-strings are left to
+        prometheus_client."""
+        for s in strings:
+            if isinstance(s, str):
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{what} {s!r} is not valid UTF-8 (a lone surrogate); "
+                                     "multiprocess mode stores and serves UTF-8 only") from None
+
+    def check_labelvalues(self, values: Iterable[str]) -> None:
+        """Before a labelled child is created: see :meth:`check_strings`."""
+        self.check_strings("label value", values)
+
+    def check_states(self, states: Iterable[Any]) -> None:
+        """Before an enum value is created: at most ``MAX_STATES`` states
+        (the state shares its word with a wall-clock stamp), valid UTF-8."""
+        states = [str(s) for s in states]
+        if len(states) > _mpfile.MAX_STATES:
             raise ValueError(f"fastmetrics multiprocess mode supports at most {_mpfile.MAX_STATES} enum states")
+        self.check_strings("enum state", states)
 
     def enum_created(self, metric: Any) -> None:
         states = tuple(str(s) for s in metric._states)
