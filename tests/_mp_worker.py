@@ -395,7 +395,8 @@ def _error(call) -> object:
 
 def scenario_enable_errors(args: dict) -> None:
     """Every way enable() refuses, then a successful enable and what it
-    refuses afterwards; the enum state limit of the mode."""
+    refuses afterwards; the enum state limit of the mode (of the file format
+    this core writes)."""
     import fastmetrics
     from fastmetrics import multiprocess
 
@@ -412,11 +413,13 @@ def scenario_enable_errors(args: dict) -> None:
     errors["enabled"] = multiprocess.enable(path)
     errors["again"] = multiprocess.enable(path)
     errors["other_directory"] = _error(lambda: multiprocess.enable(other))
-    states = [f"s{i}" for i in range(4097)]
-    errors["states_4097"] = _error(lambda: fastmetrics.Enum("mp_big", "Too many states.", states=states))
-    big = fastmetrics.Enum("mp_big_ok", "As many states as fit.", states=states[:4096])
-    big.state("s4095")
-    errors["states_4096"] = big._value
+    limit = multiprocess._recorder.max_states
+    states = [f"s{i}" for i in range(limit + 1)]
+    errors["limit"] = limit
+    errors["states_over"] = _error(lambda: fastmetrics.Enum("mp_big", "Too many states.", states=states))
+    big = fastmetrics.Enum("mp_big_ok", "As many states as fit.", states=states[:limit])
+    big.state(states[limit - 1])
+    errors["states_at_limit"] = big._value
     emit(event="done", **errors)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -24,10 +25,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from fastmetrics import multiprocess
-from fastmetrics.multiprocess import MultiProcessCollector
+import _fmfile as fm
+from fastmetrics import _mpfile, multiprocess
+from fastmetrics.multiprocess import MultiProcessCollector, compact
 from test_multiprocess import (  # noqa: F401 - fixtures
-    _pytest_process_stays_out_of_multiprocess_mode, fm_files, implementation, mp, value,
+    STATES, _pytest_process_stays_out_of_multiprocess_mode, enum_states, fake_process_name, fm_files,
+    implementation, mp, value,
 )
 
 DEADLINE = 60.0   # seconds; every bounded operation takes milliseconds
@@ -80,6 +83,11 @@ def only_file(path: Path) -> Path:
     return path / name
 
 
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def worker_env(implementation: str, **extra: str) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in (multiprocess.ENV_DIR, multiprocess.ENV_CAPACITY, "FASTMETRICS_NO_EXTENSIONS")}
@@ -87,6 +95,84 @@ def worker_env(implementation: str, **extra: str) -> Dict[str, str]:
         env["FASTMETRICS_NO_EXTENSIONS"] = "1"
     env.update(extra)
     return env
+
+
+# -- 8. the version 2 enum word, and version 1 files ------------------------------------
+
+def test_enum_words_of_both_versions_decode_to_index_and_wall_clock():
+    """Version 2 stores ``index | stamp_ms << 16`` (65,536 states, good for
+    millennia); version 1, still read, ``index | stamp_us << 12``."""
+    assert (_mpfile.VERSION, _mpfile.STATE_BITS, _mpfile.MAX_STATES) == (2, 16, 65536)
+    assert _mpfile.decode_word(1, fm.word(1, 4095, fm.NS_2024)) == (4095, fm.NS_2024)
+    assert _mpfile.decode_word(2, fm.word(2, 65535, fm.NS_2100 + 999_999)) == (65535, fm.NS_2100)
+    assert _mpfile.decode_word(2, 0) == (0, 0)
+
+
+def test_v1_and_v2_files_fold_by_wall_clock(tmp_path):
+    """A version 1 file (an enum set in 2024, a counter with a retired slot)
+    and a version 2 file (the enum set in 2100, a counter reset by a new
+    writer: two slots of one series, both counted): ``mostrecent`` shows the
+    2100 state, counters are summed, and the archive compaction writes is
+    version 2 with the word re-encoded.  A later v1 file from 2024 does not
+    win over the archive's 2100."""
+    path = tmp_path / "mp"
+    path.mkdir()
+    v1 = fm.build([fm.words(0, {1: fm.word(1, 2, fm.NS_2024)}),
+                   fm.chunk(0, {0: 100.0, 2: 3.0}),
+                   fm.counter(0, "ops"), fm.Record(fm.RETIRE, 0, b""), fm.counter(2, "ops"),
+                   fm.enum(1, "phase", STATES)], version=1)
+    v2 = fm.build([fm.words(0, {0: fm.word(2, 1, fm.NS_2100)}),
+                   fm.chunk(0, {1: 4.0, 2: 5.0}),
+                   fm.enum(0, "phase", STATES), fm.counter(1, "ops"), fm.counter(2, "ops")],
+                  version=2)
+    write(path / fake_process_name(), v1)
+    write(path / fake_process_name(), v2)
+
+    def phase_and_ops() -> tuple:
+        collector, text, _ = serve(path, enum_mode="mostrecent")
+        assert collector.skipped == []
+        return enum_states(text, "phase"), value(text, "ops_total")
+
+    assert phase_and_ops() == ({(): "busy"}, 12)
+    assert fm_files(path) == ["archive.fm"]
+    archive = fm.parse((path / "archive.fm").read_bytes())
+    assert archive.fields["version"] == 2
+    [last] = [rec for rec in archive.records if rec.kind == fm.LAST]
+    assert struct.unpack_from("=q", last.payload, 4)[0] == fm.word(2, 1, fm.NS_2100)
+
+    write(path / fake_process_name(), fm.build(
+        [fm.words(0, {0: fm.word(1, 0, fm.NS_2024)}), fm.enum(0, "phase", STATES)], version=1))
+    assert phase_and_ops() == ({(): "busy"}, 12)
+
+
+def test_a_v1_archive_is_read_and_folded_into_a_v2_archive(tmp_path):
+    """An archive written by a version 1 compaction (TOTAL, LAST with a v1
+    word, ABSORBED) is read, and folded with a version 2 file into a version
+    2 archive: the newer wall clock wins whatever the versions."""
+    path = tmp_path / "mp"
+    path.mkdir()
+    gone = os.urandom(16)
+    write(path / "archive.fm", fm.build([fm.total("ops", 10.0), fm.last("phase", fm.word(1, 2, fm.NS_2024), STATES),
+                                         fm.absorbed([gone])], version=1, archive=True, pid=0))
+    newer = fm.NS_2024 + 10**9
+    write(path / fake_process_name(), fm.build([fm.words(0, {0: fm.word(2, 0, fm.NS_2024 - 10**9),
+                                                             1: fm.word(2, 1, newer)}),
+                                                fm.chunk(0, {2: 1.0}), fm.enum(0, "phase", STATES),
+                                                fm.enum(1, "role", STATES), fm.counter(2, "ops")]))
+    collector, text, _ = serve(path, compact=False, enum_mode="mostrecent")
+    assert collector.skipped == []
+    assert (value(text, "ops_total"), enum_states(text, "phase")) == (11, {(): "done"})
+
+    result = compact(str(path))
+    assert (result.absorbed, result.skipped) == (1, [])
+    archive = fm.parse((path / "archive.fm").read_bytes())
+    assert archive.fields["version"] == 2
+    lasts = [struct.unpack_from("=q", rec.payload, 4)[0] for rec in archive.records if rec.kind == fm.LAST]
+    assert sorted(lasts) == sorted([fm.word(2, 2, fm.NS_2024), fm.word(2, 1, newer)])
+    collector, text, _ = serve(path, enum_mode="mostrecent")
+    assert collector.skipped == []
+    assert value(text, "ops_total") == 11
+    assert (enum_states(text, "phase"), enum_states(text, "role")) == ({(): "done"}, {(): "busy"})
 
 
 # -- 9. strings that are not valid UTF-8 -----------------------------------------------------

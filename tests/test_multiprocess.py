@@ -451,7 +451,7 @@ def _invalid_variants(data: bytes) -> Dict[str, Tuple[bytes, str]]:
         "short-used": (bytes(base[:used - 8]), "in use"),
         "random": (os.urandom(4096), "magic"),
         "foreign-magic": (b"PROMETHE" + bytes(base[8:]), "magic"),
-        "version": (bytes(reheader(base, version=2)), "unsupported version 2"),
+        "version": (bytes(reheader(base, version=3)), "unsupported version 3"),
     }
     meta = bytearray(base)
     [(start, length)] = [(s, n) for k, a, s, n in records(base) if k == KIND_COUNTER
@@ -876,8 +876,9 @@ def test_enable_refuses_bad_input_with_clear_errors(mp, tmp_path):
     multiple of the page size, or with an unparsable
     FASTMETRICS_MULTIPROC_CAPACITY raises ValueError and leaves the mode off.
     Once enabled, the same directory again is a no-op and another one a
-    RuntimeError.  An enum with more than 4,096 states raises ValueError in
-    this mode; 4,096 states work."""
+    RuntimeError.  An enum with more states than the file format holds
+    (65,536 in version 2 files, 4,096 in version 1) raises ValueError in this
+    mode; as many as it holds work."""
     msg = mp.run("enable_errors", env_dir=False, path=str(mp.path), other=str(tmp_path / "other"))
     assert msg["no_directory"] == "ValueError: no directory given and FASTMETRICS_MULTIPROC_DIR is not set"
     assert msg["capacity_small"].startswith("ValueError: capacity must be a multiple of")
@@ -886,10 +887,13 @@ def test_enable_refuses_bad_input_with_clear_errors(mp, tmp_path):
     assert msg["still_off"] is None
     assert msg["enabled"] == msg["again"] == str(mp.path)
     assert msg["other_directory"] == f"RuntimeError: multiprocess mode is already enabled with {mp.path}"
-    assert msg["states_4097"] == "ValueError: fastmetrics multiprocess mode supports at most 4096 enum states"
-    assert msg["states_4096"] == 4095
+    [name] = fm_files(mp.path)
+    limit = msg["limit"]
+    assert limit == _mpfile.max_states(HEADER.unpack_from((mp.path / name).read_bytes())[1])
+    assert msg["states_over"] == f"ValueError: fastmetrics multiprocess mode supports at most {limit} enum states"
+    assert msg["states_at_limit"] == limit - 1
     _, text = scrape(mp.path, enum_mode="mostrecent")
-    assert value(text, "mp_big_ok", mp_big_ok="s4095") == 1
+    assert value(text, "mp_big_ok", mp_big_ok=f"s{limit - 1}") == 1
 
 
 def test_a_full_file_raises_memoryerror_and_keeps_what_was_counted(mp):

@@ -7,7 +7,7 @@ and word size (the files never leave the machine; a header field proves it).
 Header (128 bytes)::
 
     0   magic       8s   b"FMSHARD\\x00"
-    8   version     u32  1
+    8   version     u32  2 (1 is still read: it differs in the enum word)
     12  flags       u32  bit 0: archive
     16  pid         i64
     24  created_ns  i64  time.time_ns() at creation
@@ -25,14 +25,19 @@ the payload, at +128 for data chunks (cache-line aligned) and +16 otherwise.
 kind        arg   payload
 ==========  ====  ==============================================================
 CHUNK       c     512 float64: one thread's partial sums of slots c*512..c*512+511
-WORDS       c     512 int64: enum words of those slots, index | (stamp_us << 12)
-COUNTER     slot  crc u32 + JSON metadata of the counter value in ``slot``
+WORDS       c     512 int64: enum words of those slots (below)
+COUNTER     slot  crc u32 + JSON metadata of the counter value in ``slot``; a
+                  series may have several slots (one per ``reset()``): summed
 ENUM        slot  crc u32 + JSON metadata of the enum in ``slot``
-RETIRE      slot  (empty) the slot was replaced by ``reset()``; ignore it
+RETIRE      slot  (empty; version 1 writers) the slot was reset: ignore it
 TOTAL       0     crc u32 + float64 + JSON metadata (archive: a folded counter)
 LAST        0     crc u32 + int64 word + JSON metadata (archive: latest enum word)
 ABSORBED    0     crc u32 + 16-byte uids of the process files folded in
 ==========  ====  ==============================================================
+
+An enum word is ``index | (stamp_ms << 16)`` in version 2, with ``stamp_ms``
+the wall clock in milliseconds since the Unix epoch; ``index | (stamp_us <<
+12)`` in version 1 (:func:`decode_word` reads both).
 
 A zero ``kind`` below ``used`` is a record not yet visible to this reader: the
 walk stops there.  Anything else that does not fit raises :class:`CorruptFile`.
@@ -54,7 +59,7 @@ except ImportError:  # Windows: no multiprocess mode (see fastmetrics.multiproce
     fcntl = None  # type: ignore[assignment]
 
 MAGIC = b"FMSHARD\x00"
-VERSION = 1
+VERSION = 2   # written by compaction, and by cores that say so (see fastmetrics.multiprocess)
 FLAG_ARCHIVE = 1
 ORDER_MARK = 0x01020304
 HEADER_SIZE = 128
@@ -66,7 +71,9 @@ CHUNK_BITS = 9
 CHUNK_SLOTS = 1 << CHUNK_BITS
 CHUNK_BYTES = 8 * CHUNK_SLOTS
 MAX_CHUNKS = 2048
-STATE_BITS = 12
+# version -> (state bits, nanoseconds per stamp unit) of an enum word
+_WORD_FORMATS = {1: (12, 1_000), 2: (16, 1_000_000)}
+STATE_BITS = _WORD_FORMATS[VERSION][0]
 MAX_STATES = 1 << STATE_BITS
 
 CHUNK, WORDS, COUNTER, ENUM, RETIRE, TOTAL, LAST, ABSORBED = range(1, 9)
@@ -105,6 +112,13 @@ class Meta(NamedTuple):
         return self.name, self.labelvalues
 
 
+class EnumValue(NamedTuple):
+    """An enum word, decoded."""
+
+    index: int                      # of the current state
+    stamp_ns: int                   # wall clock when it was set (ns since the epoch)
+
+
 class ParsedFile(NamedTuple):
     path: str
     uid: bytes
@@ -112,19 +126,51 @@ class ParsedFile(NamedTuple):
     created_ns: int
     archive: bool
     counters: Dict[SeriesKey, float]         # summed over the file's slots
-    enums: Dict[SeriesKey, int]               # the word: index | stamp << 12
+    enums: Dict[SeriesKey, EnumValue]
     metas: Dict[SeriesKey, Meta]
     absorbed: Set[bytes]
     live: Optional[bool] = None               # owner alive (its flock held), when asked
+
+
+class Header(NamedTuple):
+    """The header fields (see the table above)."""
+
+    magic: bytes
+    version: int
+    flags: int
+    pid: int
+    created_ns: int
+    capacity: int
+    uid: bytes
+    order: int
+    crc: int
+
+
+def max_states(version: int) -> int:
+    """How many states an enum word of a ``version`` file can hold."""
+    return 1 << _WORD_FORMATS[version][0]
+
+
+def decode_word(version: int, word: int) -> EnumValue:
+    """The state index and stamp of an enum word of a ``version`` file (a
+    version :func:`read` accepts; ``KeyError`` otherwise)."""
+    bits, unit = _WORD_FORMATS[version]
+    return EnumValue(word & ((1 << bits) - 1), (word >> bits) * unit)
+
+
+def encode_word(value: EnumValue) -> int:
+    """``value`` as a word of the current :data:`VERSION` (the stamp rounded down)."""
+    bits, unit = _WORD_FORMATS[VERSION]
+    return value.index | ((value.stamp_ns // unit) << bits)
 
 
 def align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
-def header(pid: int, created_ns: int, capacity: int, uid: bytes, flags: int = 0) -> bytes:
+def header(pid: int, created_ns: int, capacity: int, uid: bytes, flags: int = 0, version: int = VERSION) -> bytes:
     """The 128-byte header with ``used`` = end of the header."""
-    head = _HEADER.pack(MAGIC, VERSION, flags, pid, created_ns, capacity, uid, ORDER_MARK, 0)[:60]
+    head = _HEADER.pack(MAGIC, version, flags, pid, created_ns, capacity, uid, ORDER_MARK, 0)[:60]
     head += _CRC.pack(zlib.crc32(head)) + _USED.pack(HEADER_SIZE)
     return head.ljust(HEADER_SIZE, b"\0")
 
@@ -201,11 +247,12 @@ class _Layout:
     only extended; the counts themselves are re-read on every read, through
     ``plan`` (rebuilt when a walk found new records)."""
 
-    __slots__ = ("head", "scanned", "chunks", "words", "counter_slots", "enum_slots", "retired",
+    __slots__ = ("head", "header", "scanned", "chunks", "words", "counter_slots", "enum_slots", "retired",
                  "counters", "enums", "metas", "absorbed", "plan")
 
     def __init__(self, head: bytes) -> None:
         self.head = head                                 # header bytes 0..63, as validated
+        self.header = _check_header(head)
         self.scanned = HEADER_SIZE
         self.chunks: Dict[int, List[int]] = {}           # chunk index -> payload offsets (one per thread)
         self.words: Dict[int, int] = {}                  # chunk index -> payload offset
@@ -213,7 +260,7 @@ class _Layout:
         self.enum_slots: Dict[int, Meta] = {}
         self.retired: Set[int] = set()
         self.counters: Dict[SeriesKey, float] = {}       # archive records
-        self.enums: Dict[SeriesKey, int] = {}
+        self.enums: Dict[SeriesKey, EnumValue] = {}
         self.metas: Dict[SeriesKey, Meta] = {}
         self.absorbed: Set[bytes] = set()
         # (counters: (key, meta, float64 indices), enums: (key, meta, int64 index))
@@ -317,24 +364,24 @@ class Reader:
     def _parse(self, key: Tuple[str, int, int], mm: mmap.mmap, size: int) -> ParsedFile:
         layout = self._layouts.get(key)
         if layout is None or mm[:USED_OFFSET] != layout.head:
-            layout = self._layouts[key] = _Layout(_check_header(mm))
-        magic, version, flags, pid, created_ns, capacity, uid, order, crc = _HEADER.unpack_from(layout.head)
+            layout = self._layouts[key] = _Layout(mm[:USED_OFFSET])
+        head = layout.header
         used = _load_used(mm)
-        if not HEADER_SIZE <= used <= capacity or used % ALIGN or used < layout.scanned:
+        if not HEADER_SIZE <= used <= head.capacity or used % ALIGN or used < layout.scanned:
             raise CorruptFile(f"bad used offset {used}")
         if size < used:
             raise CorruptFile(f"truncated: {size} bytes, {used} in use")
-        archive = bool(flags & FLAG_ARCHIVE)
+        archive = bool(head.flags & FLAG_ARCHIVE)
         if used > layout.scanned:
             self._walk(mm, layout, used, archive)
         if archive:
-            return ParsedFile(key[0], uid, pid, created_ns, True, dict(layout.counters), dict(layout.enums),
-                              dict(layout.metas), set(layout.absorbed))
+            return ParsedFile(key[0], head.uid, head.pid, head.created_ns, True, dict(layout.counters),
+                              dict(layout.enums), dict(layout.metas), set(layout.absorbed))
         if layout.plan is None:
             layout.make_plan()
         counter_plan, enum_plan = layout.plan  # type: ignore[misc]
         counters: Dict[SeriesKey, float] = {}
-        enums: Dict[SeriesKey, int] = {}
+        enums: Dict[SeriesKey, EnumValue] = {}
         metas: Dict[SeriesKey, Meta] = {}
         if counter_plan or enum_plan:
             # Counts are being stored right now: read them with 8-byte loads.
@@ -347,9 +394,9 @@ class Reader:
                     counters[series] = counters.get(series, 0.0) + _valid_count(value, meta)
                     metas[series] = meta
                 for series, meta, i in enum_plan:
-                    enums[series] = _valid_word(as_i64[i], meta)
+                    enums[series] = _valid_word(head.version, as_i64[i], meta)
                     metas[series] = meta
-        return ParsedFile(key[0], uid, pid, created_ns, False, counters, enums, metas, set())
+        return ParsedFile(key[0], head.uid, head.pid, head.created_ns, False, counters, enums, metas, set())
 
     def _walk(self, mm: mmap.mmap, layout: _Layout, used: int, archive: bool) -> None:
         """Walk the records from ``layout.scanned`` up to ``used``."""
@@ -389,7 +436,7 @@ class Reader:
                     layout.counters[meta.key] = layout.counters.get(meta.key, 0.0) + _valid_count(value, meta)
                 else:
                     (word,) = _I64.unpack_from(payload, 4)
-                    layout.enums[meta.key] = _valid_word(word, meta)
+                    layout.enums[meta.key] = _valid_word(layout.header.version, word, meta)
                 layout.metas[meta.key] = meta
             elif kind == ABSORBED and archive:
                 body = _checked_body(mm[start:start + length])
@@ -439,19 +486,22 @@ def locked_by_other(fd: int) -> bool:
     return False
 
 
-def _check_header(mm: mmap.mmap) -> bytes:
-    """The validated header bytes 0..63 (``used`` excluded: it moves)."""
-    head = mm[:USED_OFFSET]
-    magic, version, flags, pid, created_ns, capacity, uid, order, crc = _HEADER.unpack_from(head)
-    if magic != MAGIC:
+def _check_header(head: bytes) -> Header:
+    """The fields of validated header bytes 0..63 (``used`` excluded: it moves)."""
+    if len(head) < USED_OFFSET:
+        raise CorruptFile(f"truncated: {len(head)} bytes, shorter than the header")
+    fields = Header(*_HEADER.unpack_from(head))
+    if fields.magic != MAGIC:
         raise CorruptFile("foreign file: bad magic")
-    if order != ORDER_MARK:
+    if fields.order != ORDER_MARK:
         raise CorruptFile("foreign file: other byte order")
-    if version != VERSION:
-        raise CorruptFile(f"unsupported version {version}")
-    if zlib.crc32(head[:60]) != crc:
+    if fields.version not in _WORD_FORMATS:
+        raise CorruptFile(f"unsupported version {fields.version}")
+    if zlib.crc32(head[:60]) != fields.crc:
         raise CorruptFile("header checksum mismatch")
-    return head
+    return fields
+
+
 
 
 def _valid_count(value: float, meta: Meta) -> float:
@@ -460,20 +510,23 @@ def _valid_count(value: float, meta: Meta) -> float:
     return value
 
 
-def _valid_word(word: int, meta: Meta) -> int:
-    if word < 0 or (word & (MAX_STATES - 1)) >= len(meta.states):
+def _valid_word(version: int, word: int, meta: Meta) -> EnumValue:
+    """The decoded word; CorruptFile if it names no state of ``meta``."""
+    enum = decode_word(version, word)
+    if word < 0 or enum.index >= len(meta.states):
         raise CorruptFile(f"invalid enum word {word!r} for {meta.name!r}")
-    return word
+    return enum
 
 
-def write_archive(path: str, counters: Dict[SeriesKey, float], enums: Dict[SeriesKey, int],
+def write_archive(path: str, counters: Dict[SeriesKey, float], enums: Dict[SeriesKey, EnumValue],
                   metas: Dict[SeriesKey, Meta], absorbed: Set[bytes], uid: bytes, created_ns: int) -> None:
-    """Write an archive file atomically (temp file, fsync, rename)."""
+    """Write an archive file of the current version atomically (temp file,
+    fsync, rename)."""
     records = []
     for key, value in counters.items():
         records.append((TOTAL, meta_payload(metas[key], _F64.pack(value))))
-    for key, word in enums.items():
-        records.append((LAST, meta_payload(metas[key], _I64.pack(word))))
+    for key, enum in enums.items():
+        records.append((LAST, meta_payload(metas[key], _I64.pack(encode_word(enum)))))
     if absorbed:
         body = b"".join(sorted(absorbed))
         records.append((ABSORBED, _CRC.pack(zlib.crc32(body)) + body))

@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
 from . import _core, _mpfile, metrics
-from ._mpfile import CorruptFile, Meta, ParsedFile, SeriesKey
+from ._mpfile import CorruptFile, EnumValue, Meta, ParsedFile, SeriesKey
 
 try:
     import fcntl
@@ -61,11 +61,11 @@ class _ProcessFile:
         self.path, self.fd, self.mm = path, fd, mm
 
     @classmethod
-    def create(cls, directory: str, capacity: int) -> "_ProcessFile":
-        """Create, lock, map and publish (rename) a new file, so readers never
-        see a file without its owner's lock.  ValueError naming the capacity
-        setting when the system refuses a file (or a mapping) that large;
-        other errors as ``OSError``."""
+    def create(cls, directory: str, capacity: int, version: int) -> "_ProcessFile":
+        """Create, lock, map and publish (rename) a new file of format
+        ``version``, so readers never see a file without its owner's lock.
+        ValueError naming the capacity setting when the system refuses a
+        file (or a mapping) that large; other errors as ``OSError``."""
         uid, pid = _mpfile.new_uid(), os.getpid()
         name = _mpfile.process_file_name(pid, uid)
         path, tmp = os.path.join(directory, name), os.path.join(directory, f".{name}.tmp")
@@ -73,7 +73,7 @@ class _ProcessFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)   # a new inode: never contended
             mm = _reserve(fd, capacity, directory)
-            os.pwrite(fd, _mpfile.header(pid, time.time_ns(), capacity, uid), 0)
+            os.pwrite(fd, _mpfile.header(pid, time.time_ns(), capacity, uid, version=version), 0)
             _mpfile.no_readahead(mm)
             os.rename(tmp, path)
         except BaseException:
@@ -112,13 +112,22 @@ def _reserve(fd: int, capacity: int, directory: str) -> mmap.mmap:
                          f"set a smaller {ENV_CAPACITY} or enable(capacity=...)") from e
 
 
+def _core_file_version() -> int:
+    """The format version of the enum words the running core writes: a core
+    that writes version 2 words says so in ``MP_FILE_VERSION``; one without it
+    writes version 1 words (``index | stamp_us << 12``)."""
+    return int(getattr(_core.core, "MP_FILE_VERSION", 1))
+
+
 class _Recorder:
     """Writes each metric value's metadata to this process's file and replays
     it into a fork child's new file.  Called by :mod:`fastmetrics.metrics`."""
 
-    def __init__(self, directory: str, capacity: int, file: _ProcessFile) -> None:
+    def __init__(self, directory: str, capacity: int, file: _ProcessFile, version: int) -> None:
         self.directory = directory
         self.capacity = capacity
+        self.version = version                          # of the files this process writes
+        self.max_states = _mpfile.max_states(version)
         self.file: Optional[_ProcessFile] = file
         self.lock = threading.Lock()   # lock order: children lock, this, the core's
         self.records: Dict[int, Tuple[int, bytes]] = {}   # slot -> (kind, payload)
@@ -157,11 +166,11 @@ class _Recorder:
         self.check_strings("label value", values)
 
     def check_states(self, states: Iterable[Any]) -> None:
-        """Before an enum value is created: at most ``MAX_STATES`` states
+        """Before an enum value is created: at most :attr:`max_states` states
         (the state shares its word with a wall-clock stamp), valid UTF-8."""
         states = [str(s) for s in states]
-        if len(states) > _mpfile.MAX_STATES:
-            raise ValueError(f"fastmetrics multiprocess mode supports at most {_mpfile.MAX_STATES} enum states")
+        if len(states) > self.max_states:
+            raise ValueError(f"fastmetrics multiprocess mode supports at most {self.max_states} enum states")
         self.check_strings("enum state", states)
 
     def enum_created(self, metric: Any) -> None:
@@ -183,7 +192,7 @@ class _Recorder:
             if self.file is not None:
                 self.file.close()
             self.file = None
-            self.file = _ProcessFile.create(self.directory, self.capacity)
+            self.file = _ProcessFile.create(self.directory, self.capacity, self.version)
             _core.core._mp_attach(self.file.mm)
             for slot, (kind, payload) in sorted(self.records.items()):
                 _core.core._mp_record(kind, slot, payload)
@@ -245,7 +254,8 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
                 raise RuntimeError(f"multiprocess mode is already enabled with {_recorder.directory}")
             return path
         os.makedirs(path, exist_ok=True)
-        file = _ProcessFile.create(path, capacity)
+        version = _core_file_version()
+        file = _ProcessFile.create(path, capacity, version)
         try:
             _core.core._mp_enable()
             _core.core._mp_attach(file.mm)
@@ -253,7 +263,7 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
             file.close()
             os.unlink(file.path)
             raise
-        _recorder = _Recorder(path, capacity, file)
+        _recorder = _Recorder(path, capacity, file, version)
         metrics._mp_recorder = _recorder
         os.environ[ENV_DIR] = path
         if capacity != DEFAULT_CAPACITY:
@@ -315,9 +325,9 @@ class Snapshot(NamedTuple):
     """What :func:`read_directory` found: the folded series and the skipped files."""
 
     counters: Dict[SeriesKey, float]
-    enums: Dict[Tuple[SeriesKey, Optional[int]], int]   # (series, pid or None) -> word
-    families: Dict[str, Meta]                            # name -> the newest metadata
-    skipped: List[Tuple[str, str]]                       # (path, reason)
+    enums: Dict[Tuple[SeriesKey, Optional[int]], EnumValue]   # (series, pid or None) -> state
+    families: Dict[str, Meta]                                  # name -> the newest metadata
+    skipped: List[Tuple[str, str]]                             # (path, reason)
     files: int
 
 
@@ -365,7 +375,7 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
         parsed.append((archive, False))
 
     counters: Dict[SeriesKey, float] = {}
-    enums: Dict[Tuple[SeriesKey, Optional[int]], int] = {}
+    enums: Dict[Tuple[SeriesKey, Optional[int]], EnumValue] = {}
     families: Dict[str, Meta] = {}
     for pf, live in parsed:
         mismatched: Set[str] = set()
@@ -381,9 +391,9 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
                 if live:
                     enums[(key, pf.pid)] = pf.enums[key]
             else:
-                word, best = pf.enums[key], enums.get((key, None))
-                if best is None or (word >> _mpfile.STATE_BITS) > (best >> _mpfile.STATE_BITS):
-                    enums[(key, None)] = word
+                enum, best = pf.enums[key], enums.get((key, None))
+                if best is None or enum.stamp_ns > best.stamp_ns:
+                    enums[(key, None)] = enum
         for name in sorted(mismatched):
             skipped.append((pf.path, f"{name}: type, labels or states differ from the newest file; series skipped"))
     return Snapshot(counters, enums, families, skipped, len(parsed))
@@ -397,14 +407,14 @@ def _families(snapshot: Snapshot) -> List[Metric]:
     for (name, values), value in sorted(snapshot.counters.items()):
         meta = snapshot.families[name]
         by_name[name].samples.append(Sample(name + "_total", dict(zip(meta.labelnames, values)), value, None, None))
-    for ((name, values), pid), word in sorted(snapshot.enums.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    for ((name, values), pid), enum in sorted(snapshot.enums.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         meta = snapshot.families[name]
         labels = dict(zip(meta.labelnames, values))
         if pid is not None:
             labels["pid"] = str(pid)
-        current = word & (_mpfile.MAX_STATES - 1)
         for i, state in enumerate(meta.states):
-            by_name[name].samples.append(Sample(name, dict(labels, **{name: state}), 1 if i == current else 0, None, None))
+            by_name[name].samples.append(Sample(name, dict(labels, **{name: state}), 1 if i == enum.index else 0,
+                                                None, None))
     return [m for m in by_name.values() if m.samples]
 
 
@@ -549,9 +559,9 @@ def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
             if meta.type == "counter":
                 counters[key] = counters.get(key, 0.0) + pf.counters[key]
             else:
-                word, best = pf.enums[key], enums.get(key)
-                if best is None or (word >> _mpfile.STATE_BITS) >= (best >> _mpfile.STATE_BITS):
-                    enums[key] = word
+                enum, best = pf.enums[key], enums.get(key)
+                if best is None or enum.stamp_ns >= best.stamp_ns:
+                    enums[key] = enum
     if to_delete:
         # A new uid per archive: readers that remember a file by its inode
         # tell a new archive from an old one by the header (inodes are reused).
