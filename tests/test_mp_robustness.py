@@ -13,13 +13,14 @@ with a deadline.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import struct
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,8 +30,8 @@ import _fmfile as fm
 from fastmetrics import _mpfile, multiprocess
 from fastmetrics.multiprocess import MultiProcessCollector, compact
 from test_multiprocess import (  # noqa: F401 - fixtures
-    STATES, _pytest_process_stays_out_of_multiprocess_mode, enum_states, fake_process_name, fm_files,
-    implementation, mp, value,
+    STATES, _pytest_process_stays_out_of_multiprocess_mode, assert_counters, enum_states,
+    expected_count_totals, fake_process_name, fm_files, implementation, mp, value,
 )
 
 DEADLINE = 60.0   # seconds; every bounded operation takes milliseconds
@@ -78,6 +79,14 @@ def serve(path: Path, **kwargs) -> tuple:
     return collector, text, openmetrics
 
 
+def skipped_paths(skipped) -> List[str]:
+    return sorted({p for p, _ in skipped})
+
+
+def reasons(skipped, path) -> str:
+    return " | ".join(reason for p, reason in skipped if p == str(path))
+
+
 def only_file(path: Path) -> Path:
     [name] = [n for n in fm_files(path) if n != "archive.fm"]
     return path / name
@@ -95,6 +104,54 @@ def worker_env(implementation: str, **extra: str) -> Dict[str, str]:
         env["FASTMETRICS_NO_EXTENSIONS"] = "1"
     env.update(extra)
     return env
+
+
+# -- 3. FIFOs and other special files are never waited on ------------------------------
+
+def test_a_fifo_named_like_a_process_file_is_skipped_not_waited_on(mp):
+    """A FIFO named ``*.fm`` next to an exited worker's file: a scrape returns
+    (it used to block opening the FIFO), serves the worker's counts and
+    reports the FIFO.  Compaction folds the worker's file and leaves the FIFO
+    alone; a FIFO named like a stale temp file (old, never locked) does not
+    block it either."""
+    mp.run("count", n=50, label="w")
+    fifo = mp.path / fake_process_name()
+    os.mkfifo(fifo)
+    temp_fifo = mp.path / f".{fake_process_name()}.tmp"
+    os.mkfifo(temp_fifo)
+    os.utime(temp_fifo, (1, 1))
+    expected = expected_count_totals({"w": 50})
+
+    collector, text, _ = serve(mp.path, compact=False)
+    assert_counters(text, expected)
+    assert skipped_paths(collector.skipped) == [str(fifo)]
+    assert "not a regular file" in reasons(collector.skipped, fifo)
+
+    collector, text, _ = serve(mp.path)
+    assert_counters(text, expected)
+    assert skipped_paths(collector.skipped) == [str(fifo)]
+    assert sorted(fm_files(mp.path)) == sorted(["archive.fm", fifo.name])
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and stat.S_ISFIFO(temp_fifo.lstat().st_mode)
+
+
+def test_a_fifo_named_like_the_archive_is_skipped_then_moved_aside(mp):
+    """A FIFO named ``archive.fm``: a scrape returns and reports it;
+    compaction moves it aside and writes a real archive."""
+    mp.run("count", n=7, label="w")
+    archive = mp.path / "archive.fm"
+    os.mkfifo(archive)
+
+    collector, text, _ = serve(mp.path, compact=False)
+    assert_counters(text, expected_count_totals({"w": 7}))
+    assert skipped_paths(collector.skipped) == [str(archive)]
+
+    result = bounded(lambda: compact(str(mp.path)), mp.path)
+    assert (result.ran, result.absorbed) == (True, 1)
+    assert skipped_paths(result.skipped) == [str(archive)]
+    assert archive.is_file()
+    collector, text, _ = serve(mp.path)
+    assert collector.skipped == []
+    assert_counters(text, expected_count_totals({"w": 7}))
 
 
 # -- 8. the version 2 enum word, and version 1 files ------------------------------------
@@ -201,6 +258,82 @@ def test_in_process_mode_accepts_any_label_value(impl, registry):
     c = impl.Counter("surrogate", "Help " + bad, labelnames=["k"], registry=registry)
     c.labels(bad).inc()
     assert c.labels(bad)._value.get() == 1
+
+
+# -- 11. a lock that cannot be taken, metadata the parser cannot take -------------------------
+
+def test_a_lock_that_is_a_directory_is_reported_and_the_scrape_served(mp):
+    """``.lock`` is a directory: the scrape reads without the lock and
+    reports it, compaction does not run (reported), nothing raises."""
+    mp.run("count", n=10, label="w")
+    lock = mp.path / ".lock"
+    lock.mkdir()
+    collector, text, _ = serve(mp.path)
+    assert_counters(text, expected_count_totals({"w": 10}))
+    assert skipped_paths(collector.skipped) == [str(lock)]
+    result = bounded(lambda: compact(str(mp.path)))
+    assert result.ran is False and skipped_paths(result.skipped) == [str(lock)]
+    assert len(fm_files(mp.path)) == 1 and "archive.fm" not in fm_files(mp.path)
+
+
+# -- 12. entries that cannot be opened --------------------------------------------------------
+
+def _make_entry(kind: str, target: Path) -> None:
+    if kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(target))
+        sock.close()
+    elif kind == "symlink-loop":
+        other = target.with_name("loop-" + target.name)
+        os.symlink(other, target)
+        os.symlink(target, other)
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "unreadable":
+        target.write_bytes(b"\0" * 4096)
+        target.chmod(0)
+    else:
+        raise AssertionError(kind)
+
+
+def _opens_mode_000_files(tmp_path: Path) -> bool:
+    """Whether this process can open a mode 000 file (root with CAP_DAC_OVERRIDE)."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    probe.chmod(0)
+    try:
+        os.close(os.open(probe, os.O_RDONLY))
+        return True
+    except PermissionError:
+        return False
+    finally:
+        probe.unlink()
+
+
+@pytest.mark.parametrize("kind", ["socket", "symlink-loop", "directory", "unreadable"])
+def test_entries_that_cannot_be_opened_do_not_stop_compaction(mp, kind, tmp_path):
+    """A socket, a symlink loop, a directory or an unreadable file named
+    ``*.fm`` is skipped and reported by scrapes and compaction, and left where
+    it is; the exited worker's file is still folded."""
+    if kind == "unreadable" and _opens_mode_000_files(tmp_path):
+        pytest.skip("this process opens mode 000 files (root: run it under "
+                    "capsh --drop=cap_dac_override,cap_dac_read_search)")
+    mp.run("count", n=20, label="w")
+    entry = mp.path / "x.fm"   # short: a socket's path has a length limit
+    _make_entry(kind, entry)
+    before = {p.name: stat.S_IFMT(p.lstat().st_mode) for p in mp.path.iterdir() if p.name != ".lock"}
+
+    result = bounded(lambda: compact(str(mp.path)))
+    assert (result.ran, result.absorbed) == (True, 1)
+    assert str(entry) in skipped_paths(result.skipped)
+    assert not list(mp.path.glob("*.corrupt"))
+    after = {p.name: stat.S_IFMT(p.lstat().st_mode) for p in mp.path.iterdir() if p.name != ".lock"}
+    assert {n: m for n, m in after.items() if n != "archive.fm"} == {
+        n: m for n, m in before.items() if not stat.S_ISREG(m) or n == entry.name}
+
+    collector, text, _ = serve(mp.path)
+    assert_counters(text, expected_count_totals({"w": 20}))
+    assert str(entry) in skipped_paths(collector.skipped)
 
 
 # -- 15. capacities the file system cannot hold --------------------------------------------------

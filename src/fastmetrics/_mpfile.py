@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import stat
 import struct
 import sys
 import zlib
@@ -217,12 +218,36 @@ def _parse_meta(body: bytes, kind: str) -> Meta:
 
 def read(path: str) -> ParsedFile:
     """Parse and validate one file.  Raises :class:`CorruptFile` (truncated,
-    foreign, unsupported version, corrupt) or ``OSError``."""
+    foreign, unsupported version, corrupt, not a regular file) or ``OSError``."""
     reader = Reader()
     try:
         return reader.read(path)
     finally:
         reader.close()
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def open_entry(path: str) -> Tuple[int, os.stat_result]:
+    """Open a directory entry for reading: ``(descriptor, its fstat)``, for a
+    regular file only.  Never blocks (a FIFO opens at once, then is refused)
+    and never follows a symbolic link (``ELOOP``); the descriptor is not
+    inherited by child processes (Python's default).  The caller closes it.
+    Raises FileNotFoundError (gone), :class:`CorruptFile` (not a regular
+    file) or another ``OSError`` (cannot be opened)."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CorruptFile(f"not a regular file ({_KINDS.get(stat.S_IFMT(st.st_mode), 'unknown type')})")
+    return fd, st
 
 
 def no_readahead(mm: mmap.mmap) -> None:
@@ -325,41 +350,45 @@ class Reader:
             mapped[0].close()
 
     def read(self, path: str, probe_live: bool = False) -> ParsedFile:
-        """Parse and validate one file; see :func:`read`.  With ``probe_live``
-        the result's ``live`` says whether the file's owner holds its lock."""
-        fd = os.open(path, os.O_RDONLY)
+        """Parse and validate one file (opened with :func:`open_entry`); see
+        :func:`read`.  With ``probe_live`` the result's ``live`` says whether
+        the file's owner holds its lock."""
+        fd, st = open_entry(path)
         try:
-            st = os.fstat(fd)
-            if st.st_size < HEADER_SIZE:
-                raise CorruptFile(f"truncated: {st.st_size} bytes, shorter than the header")
-            key = (path, st.st_dev, st.st_ino)
-            self._touched.add(key)
-            mapped = self._mapped.get(key)
-            if mapped is not None and mapped[1] != st.st_size:
-                self._unmap(key)
-                mapped = None
-            if mapped is not None:
-                mm, keep = mapped[0], True
-            else:
-                mm = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
-                no_readahead(mm)
-                keep = len(self._mapped) < self._max_mapped
-                if keep:
-                    self._mapped[key] = (mm, st.st_size)
-            try:
-                pf = self._parse(key, mm, st.st_size)
-            except CorruptFile:
-                self._layouts.pop(key, None)
-                self._unmap(key)
-                raise
-            finally:
-                if not keep:
-                    mm.close()
-            if probe_live:
-                pf = pf._replace(live=locked_by_other(fd))
-            return pf
+            pf = self.read_open(path, fd, st)
+            return pf._replace(live=locked_by_other(fd)) if probe_live else pf
         finally:
             os.close(fd)
+
+    def read_open(self, path: str, fd: int, st: os.stat_result) -> ParsedFile:
+        """:meth:`read` of a file the caller opened with :func:`open_entry`
+        (``st`` its fstat), e.g. to hold a lock on it while reading."""
+        if st.st_size < HEADER_SIZE:
+            raise CorruptFile(f"truncated: {st.st_size} bytes, shorter than the header")
+        key = (path, st.st_dev, st.st_ino)
+        self._touched.add(key)
+        mapped = self._mapped.get(key)
+        if mapped is not None and mapped[1] != st.st_size:
+            self._unmap(key)
+            mapped = None
+        if mapped is not None:
+            mm, keep = mapped[0], True
+        else:
+            mm = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
+            no_readahead(mm)
+            keep = len(self._mapped) < self._max_mapped
+            if keep:
+                self._mapped[key] = (mm, st.st_size)
+        try:
+            return self._parse(key, mm, st.st_size)
+        except CorruptFile:
+            self._layouts.pop(key, None)
+            self._unmap(key)
+            raise
+        finally:
+            if not keep:
+                mm.close()
+
 
     def _parse(self, key: Tuple[str, int, int], mm: mmap.mmap, size: int) -> ParsedFile:
         layout = self._layouts.get(key)

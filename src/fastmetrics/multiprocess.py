@@ -280,41 +280,37 @@ def directory() -> Optional[str]:
 
 class _DirLock:
     """``flock`` on ``<dir>/.lock``: scrapes share it, compaction holds it alone,
-    so a scrape never sees a file both in the archive and on its own."""
+    so a scrape never sees a file both in the archive and on its own.
+
+    Never raises: ``held`` says whether the lock was taken, and ``problem``
+    why not when that is a fault (a ``.lock`` that is a directory, say), not
+    contention.  A scrape reads anyway, compaction skips.  In a read-only
+    directory a scrape reads without the lock and no problem: no writer can
+    be compacting there."""
 
     def __init__(self, path: str, exclusive: bool, blocking: bool = True) -> None:
         self.path, self.exclusive, self.blocking = os.path.join(path, _mpfile.LOCK_NAME), exclusive, blocking
         self.fd = -1
+        self.held = False
+        self.problem: Optional[str] = None
 
-    def __enter__(self) -> bool:
+    def __enter__(self) -> "_DirLock":
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError:   # a read-only directory: no writer can be compacting
-            if self.exclusive:
-                raise
-            return True
-        op = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.blocking else fcntl.LOCK_NB)
-        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644)
+            op = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.blocking else fcntl.LOCK_NB)
             fcntl.flock(self.fd, op)
-            return True
+            self.held = True
         except BlockingIOError:
-            return False
+            pass   # another process holds it
+        except OSError as e:
+            if self.exclusive or not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
+                self.problem = f"cannot lock the directory: {e}; " + (
+                    "compaction skipped" if self.exclusive else "read without the lock")
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd >= 0:
             os.close(self.fd)   # drops the lock
-
-
-def _is_live(path: str) -> bool:
-    """Whether the file's owner is alive (it holds an exclusive flock)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        return _mpfile.locked_by_other(fd)
-    finally:
-        os.close(fd)
 
 
 def _process_files(path: str) -> List[str]:
@@ -348,7 +344,9 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
     skipped: List[Tuple[str, str]] = []
     parsed: List[Tuple[ParsedFile, bool]] = []   # (file, owner alive)
     archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
-    with _DirLock(path, exclusive=False):
+    with _DirLock(path, exclusive=False) as lock:
+        if lock.problem:
+            skipped.append((lock.path, lock.problem))
         archive: Optional[ParsedFile] = None
         try:
             archive = _mpfile.parse_optional(archive_path, reader)
@@ -476,8 +474,8 @@ class MultiProcessCollector(Collector):
 class CompactionResult(NamedTuple):
     absorbed: int                    # exited processes' files folded in this time
     removed: int                     # files deleted
-    skipped: List[Tuple[str, str]]   # (path, reason): invalid files set aside
-    ran: bool                        # False when another process was compacting
+    skipped: List[Tuple[str, str]]   # (path, reason): entries left out, invalid files set aside
+    ran: bool                        # False when another process was compacting, or the lock failed
 
 
 def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionResult:
@@ -486,41 +484,81 @@ def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionR
     Crash-safe: the new archive (which lists the uids it absorbed) replaces the
     old one atomically before any file is deleted, and readers ignore a file
     whose uid the archive lists.  An invalid exited file is renamed to
-    ``*.corrupt`` and reported.  With ``blocking=False`` it returns at once
-    (``ran=False``) if another process is compacting.
+    ``*.corrupt``; an entry that is not a regular file or cannot be opened is
+    left in place; both are reported in ``skipped``.  With ``blocking=False``
+    it returns at once (``ran=False``) if another process is compacting.
+    ``OSError`` if the archive cannot be written.
     """
     path = path or os.environ.get(ENV_DIR)
     if not path:
         raise ValueError(f"no directory given and {ENV_DIR} is not set")
     skipped: List[Tuple[str, str]] = []
-    with _DirLock(path, exclusive=True, blocking=blocking) as locked:
-        if not locked:
+    with _DirLock(path, exclusive=True, blocking=blocking) as lock:
+        if not lock.held:
+            if lock.problem:
+                skipped.append((lock.path, lock.problem))
             return CompactionResult(0, 0, skipped, False)
         names = _process_files(path)
-        dead: List[Tuple[str, int]] = []   # (path, fd holding its lock)
+        reader = _mpfile.Reader()
+        locks: List[int] = []   # descriptors holding exited files' locks until they are deleted
         try:
-            for name in names:
-                file_path = os.path.join(path, name)
-                try:
-                    fd = os.open(file_path, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)   # its owner is alive
-                    continue
-                dead.append((file_path, fd))
+            dead = _survey(path, names, reader, locks, skipped)
             _remove_stale_temps(path)
             if not dead:
                 return CompactionResult(0, 0, skipped, True)
             return _fold_into_archive(path, names, dead, skipped)
         finally:
-            for _, fd in dead:
+            reader.close()
+            for fd in locks:
                 os.close(fd)
 
 
-def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
+def _survey(path: str, names: List[str], reader: _mpfile.Reader, locks: List[int],
+            skipped: List[Tuple[str, str]]) -> List[ParsedFile]:
+    """The files of exited processes among ``names``, read in full under
+    their lock (kept in ``locks``).  An invalid one is renamed
+    ``*.corrupt``; an entry that cannot be opened or read is left in place;
+    both are reported."""
+    dead = []
+    for name in names:
+        file_path = os.path.join(path, name)
+        try:
+            fd, st = _mpfile.open_entry(file_path)
+        except FileNotFoundError:
+            continue
+        except (CorruptFile, OSError) as e:
+            skipped.append((file_path, f"{e}; left in place"))
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:   # its owner is alive
+            os.close(fd)
+            continue
+        locks.append(fd)
+        try:
+            pf = reader.read_open(file_path, fd, st)
+            if pf.archive:
+                raise CorruptFile("an archive under a process file's name")
+        except CorruptFile as e:
+            _set_aside(file_path, str(e), skipped)
+            continue
+        except OSError as e:
+            skipped.append((file_path, f"{e}; left in place"))
+            continue
+        dead.append(pf)
+    return dead
+
+
+def _set_aside(file_path: str, reason: str, skipped: List[Tuple[str, str]]) -> None:
+    """Rename an invalid exited file ``*.corrupt``, reported."""
+    try:
+        os.replace(file_path, file_path + ".corrupt")
+        skipped.append((file_path, f"{reason}; moved to {os.path.basename(file_path)}.corrupt"))
+    except OSError as e:
+        skipped.append((file_path, f"{reason}; cannot move it aside: {e}"))
+
+
+def _fold_into_archive(path: str, names: List[str], dead: List[ParsedFile],
                        skipped: List[Tuple[str, str]]) -> CompactionResult:
     archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
     try:
@@ -530,6 +568,9 @@ def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
         os.replace(archive_path, aside)
         skipped.append((archive_path, f"{e}; moved to {os.path.basename(aside)}"))
         archive = None
+    except OSError as e:   # its counts cannot be carried over: fold nothing
+        skipped.append((archive_path, f"{e}; compaction skipped"))
+        return CompactionResult(0, 0, skipped, True)
     counters = dict(archive.counters) if archive else {}
     enums = dict(archive.enums) if archive else {}
     metas = dict(archive.metas) if archive else {}
@@ -537,31 +578,14 @@ def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
     present = {bytes.fromhex(name.rsplit("-", 1)[-1][:-len(_mpfile.SUFFIX)]) for name in names
                if _looks_like_uid(name)}
     absorbed = old_absorbed & present
+    folded = 0
     to_delete: List[str] = []
-    for file_path, _fd in dead:
-        try:
-            pf = _mpfile.read(file_path)
-            if pf.archive:
-                raise CorruptFile("an archive under a process file's name")
-        except (CorruptFile, OSError) as e:
-            os.replace(file_path, file_path + ".corrupt")
-            skipped.append((file_path, f"{e}; moved to {os.path.basename(file_path)}.corrupt"))
-            continue
-        to_delete.append(file_path)
-        if pf.uid in old_absorbed:
-            continue   # folded by an earlier compaction that stopped before deleting it
-        absorbed.add(pf.uid)
-        for key, meta in pf.metas.items():
-            known = metas.setdefault(key, meta)
-            if (known.type, known.labelnames, known.states) != (meta.type, meta.labelnames, meta.states):
-                skipped.append((file_path, f"{meta.name}: type, labels or states differ from the archive; dropped"))
-                continue
-            if meta.type == "counter":
-                counters[key] = counters.get(key, 0.0) + pf.counters[key]
-            else:
-                enum, best = pf.enums[key], enums.get(key)
-                if best is None or enum.stamp_ns >= best.stamp_ns:
-                    enums[key] = enum
+    for pf in dead:
+        to_delete.append(pf.path)
+        if pf.uid not in old_absorbed:   # else folded by a compaction that stopped before deleting it
+            _fold_file(pf, counters, enums, metas, skipped)
+            absorbed.add(pf.uid)
+            folded += 1
     if to_delete:
         # A new uid per archive: readers that remember a file by its inode
         # tell a new archive from an old one by the header (inodes are reused).
@@ -572,7 +596,25 @@ def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
             os.unlink(file_path)
         except FileNotFoundError:
             pass
-    return CompactionResult(len(to_delete), len(to_delete), skipped, True)
+        except OSError as e:   # folded: readers skip it until a later compaction deletes it
+            skipped.append((file_path, f"folded but not deleted: {e}"))
+    return CompactionResult(folded, len(to_delete), skipped, True)
+
+
+def _fold_file(pf: ParsedFile, counters: Dict[SeriesKey, float], enums: Dict[SeriesKey, EnumValue],
+               metas: Dict[SeriesKey, Meta], skipped: List[Tuple[str, str]]) -> None:
+    """Add an exited process's file to the archive's series."""
+    for key, meta in pf.metas.items():
+        known = metas.setdefault(key, meta)
+        if (known.type, known.labelnames, known.states) != (meta.type, meta.labelnames, meta.states):
+            skipped.append((pf.path, f"{meta.name}: type, labels or states differ from the archive; dropped"))
+            continue
+        if meta.type == "counter":
+            counters[key] = counters.get(key, 0.0) + pf.counters[key]
+        else:
+            enum, best = pf.enums[key], enums.get(key)
+            if best is None or enum.stamp_ns >= best.stamp_ns:
+                enums[key] = enum
 
 
 def _looks_like_uid(name: str) -> bool:
@@ -582,17 +624,25 @@ def _looks_like_uid(name: str) -> bool:
 
 
 def _remove_stale_temps(path: str) -> None:
-    """Delete temp files left by a process that died while creating its file."""
+    """Delete temp files left by a process that died while creating its file:
+    old, and nobody holds their lock.  Entries that are not regular files or
+    cannot be opened or deleted are left alone (they hold no counts)."""
     now = time.time()
     for name in os.listdir(path):
-        if name.startswith(".") and name.endswith(".tmp"):
-            file_path = os.path.join(path, name)
-            try:
-                if now - os.stat(file_path).st_mtime > STALE_TEMP_SECONDS and not _is_live(file_path):
-                    os.unlink(file_path)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    raise
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        file_path = os.path.join(path, name)
+        try:
+            fd, st = _mpfile.open_entry(file_path)
+        except (CorruptFile, OSError):
+            continue
+        try:
+            if now - st.st_mtime > STALE_TEMP_SECONDS and not _mpfile.locked_by_other(fd):
+                os.unlink(file_path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _enable_from_environment() -> None:
