@@ -12,6 +12,7 @@ with a deadline.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import stat
@@ -154,6 +155,120 @@ def test_a_fifo_named_like_the_archive_is_skipped_then_moved_aside(mp):
     assert_counters(text, expected_count_totals({"w": 7}))
 
 
+# -- 4. a value is not corruption; one bad value skips only its series -------------------
+
+def test_infinite_counts_are_served_and_survive_compaction(mp):
+    """``inc(float("inf"))`` and two ``inc(1e308)`` (which overflow to +Inf)
+    are legal counts: the scrape serves +Inf for those series and every other
+    series of the process, live and after the process exited and its file was
+    folded into the archive (whose TOTAL records hold +Inf)."""
+    worker = mp.serve()
+    worker.call("inc", metric="ops", amount=math.inf)
+    worker.call("inc", metric="work", labels=["big"], amount=1e308, times=2)
+    worker.call("inc", metric="work", labels=["small"], amount=3)
+
+    def check() -> None:
+        collector, text, openmetrics = serve(mp.path)
+        assert collector.skipped == []
+        assert value(text, "mp_ops_total") == math.inf
+        assert value(text, "mp_work_total", worker="big") == math.inf
+        assert value(text, "mp_work_total", worker="small") == 3
+        assert "mp_ops_total +Inf" in openmetrics
+
+    check()
+    worker.exit()
+    check()
+    assert fm_files(mp.path) == ["archive.fm"] and not list(mp.path.glob("*.corrupt"))
+    totals = [struct.unpack_from("=d", rec.payload, 4)[0]
+              for rec in fm.parse((mp.path / "archive.fm").read_bytes()).records if rec.kind == fm.TOTAL]
+    assert totals.count(math.inf) == 2
+
+
+def _file_with_bad_values(uid: bytes) -> bytes:
+    """A dead process's file: valid series next to a NaN count, a negative
+    count, an enum word out of range, a negative enum word and an enum whose
+    chunk of words is missing."""
+    return fm.build([
+        fm.words(0, {3: fm.word(2, 1, fm.NS_2024), 4: fm.word(2, 7, fm.NS_2024), 5: -1}),
+        fm.chunk(0, {0: 5.0, 1: math.nan, 2: -1.0, 6: 2.0}),
+        fm.chunk(0, {0: 1.0, 6: 0.5}),
+        fm.counter(0, "good"),
+        fm.counter(1, "nan_count"),
+        fm.counter(2, "neg_count"),
+        fm.counter(6, "labelled", labelnames=["k"], labelvalues=["v"]),
+        fm.enum(3, "good_state", STATES),
+        fm.enum(4, "bad_index", STATES),
+        fm.enum(5, "bad_word", STATES),
+        fm.enum(512, "no_word", STATES),
+    ], uid=uid)
+
+
+def test_one_bad_value_skips_only_its_series(tmp_path):
+    """A NaN or negative count, or an enum word that names no state, skips
+    that series of that file alone, reported: the file's other series are
+    served, and compaction folds them and deletes the file instead of setting
+    it aside as corrupt.  Another file's value of a skipped series counts."""
+    path = tmp_path / "mp"
+    path.mkdir()
+    uid = os.urandom(16)
+    bad = write(path / fm.process_name(4_000_001, uid), _file_with_bad_values(uid))
+    other_uid = os.urandom(16)
+    write(path / fm.process_name(4_000_002, other_uid),
+          fm.build([fm.chunk(0, {0: 2.0}), fm.counter(0, "nan_count")], uid=other_uid))
+
+    def check(collector, text: str) -> None:
+        assert value(text, "good_total") == 6
+        assert value(text, "labelled_total", k="v") == 2.5
+        assert value(text, "nan_count_total") == 2   # the other file's
+        assert value(text, "neg_count_total") is None
+        assert enum_states(text, "good_state") == {(): "busy"}
+        assert "bad_index" not in text and "bad_word" not in text and "no_word" not in text
+
+    collector, text, _ = serve(path, compact=False, enum_mode="mostrecent")
+    check(collector, text)
+    assert skipped_paths(collector.skipped) == [str(bad)]
+    why = reasons(collector.skipped, bad)
+    for name in ("nan_count", "neg_count", "bad_index", "bad_word", "no_word"):
+        assert name in why, why
+    assert len(collector.skipped) == 5
+
+    result = compact(str(path))
+    assert (result.ran, result.absorbed, result.removed) == (True, 2, 2)
+    assert skipped_paths(result.skipped) == [str(bad)] and len(result.skipped) == 5
+    assert fm_files(path) == ["archive.fm"] and not list(path.glob("*.corrupt"))
+    collector, text, _ = serve(path, enum_mode="mostrecent")
+    assert collector.skipped == []
+    check(collector, text)
+
+
+def test_a_damaged_archive_record_costs_only_its_series(mp):
+    """A TOTAL record of the archive whose metadata checksum fails: that
+    series is skipped and reported, the archive's other series are served,
+    and the next compaction carries them over (the archive is not set aside)."""
+    mp.run("count", n=100, label="a")
+    assert compact(str(mp.path)).absorbed == 1
+    archive = mp.path / "archive.fm"
+    parsed = fm.parse(archive.read_bytes())
+    records = [rec._replace(payload=rec.payload[:-3] + b"X" + rec.payload[-2:])
+               if rec.kind == fm.TOTAL and b'"mp_ops"' in rec.payload else rec for rec in parsed.records]
+    archive.write_bytes(fm.rebuild(parsed, records))
+    without_ops = {k: v for k, v in expected_count_totals({"a": 100}).items() if k[0] != "mp_ops_total"}
+
+    collector, text, _ = serve(mp.path, compact=False)
+    assert_counters(text, without_ops)
+    assert skipped_paths(collector.skipped) == [str(archive)] and "checksum" in reasons(collector.skipped, archive)
+
+    mp.run("count", n=5, label="b")
+    result = compact(str(mp.path))
+    assert result.absorbed == 1 and skipped_paths(result.skipped) == [str(archive)]
+    assert not list(mp.path.glob("archive.fm.corrupt-*"))
+    collector, text, _ = serve(mp.path)
+    assert collector.skipped == []
+    expected = expected_count_totals({"a": 100, "b": 5})
+    expected[("mp_ops_total", ())] = 5.0   # the archive's 100 were lost with their record
+    assert_counters(text, expected)
+
+
 # -- 8. the version 2 enum word, and version 1 files ------------------------------------
 
 def test_enum_words_of_both_versions_decode_to_index_and_wall_clock():
@@ -260,6 +375,33 @@ def test_in_process_mode_accepts_any_label_value(impl, registry):
     assert c.labels(bad)._value.get() == 1
 
 
+def test_metadata_that_is_not_utf8_skips_its_series_only(tmp_path):
+    """Files written before the refusal existed hold ``\\udcff`` escapes in
+    their metadata: those series are skipped and reported (the endpoint would
+    otherwise fail to encode every scrape), the rest is served, and
+    compaction keeps them out of the archive."""
+    path = tmp_path / "mp"
+    path.mkdir()
+    bad = os.fsdecode(b"\xff")
+    file = write(path / fake_process_name(), fm.build([
+        fm.words(0, {2: 0}), fm.chunk(0, {0: 1.0, 1: 2.0, 3: 4.0}),
+        fm.counter(0, "good"),
+        fm.counter(1, "bad_value", labelnames=["k"], labelvalues=[bad]),
+        fm.enum(2, "bad_state", ["ok", bad]),
+        fm.counter(3, "bad_doc", doc="Help " + bad),
+    ]))
+    for compacting in (False, True):
+        collector, text, _ = serve(path, compact=compacting, enum_mode="mostrecent")
+        assert value(text, "good_total") == 1
+        assert "bad_" not in text
+        if not compacting:
+            assert skipped_paths(collector.skipped) == [str(file)] and len(collector.skipped) == 3
+            assert "UTF-8" in reasons(collector.skipped, file)
+    collector, text, _ = serve(path)
+    assert collector.skipped == [] and fm_files(path) == ["archive.fm"]
+    assert value(text, "good_total") == 1
+
+
 # -- 11. a lock that cannot be taken, metadata the parser cannot take -------------------------
 
 def test_a_lock_that_is_a_directory_is_reported_and_the_scrape_served(mp):
@@ -274,6 +416,24 @@ def test_a_lock_that_is_a_directory_is_reported_and_the_scrape_served(mp):
     result = bounded(lambda: compact(str(mp.path)))
     assert result.ran is False and skipped_paths(result.skipped) == [str(lock)]
     assert len(fm_files(mp.path)) == 1 and "archive.fm" not in fm_files(mp.path)
+
+
+def test_metadata_nested_too_deep_for_the_parser_skips_its_slot_only(tmp_path):
+    """A metadata record with a valid checksum whose JSON nests deeper than
+    the parser's recursion limit skips that slot, reported; the file's other
+    series are served and folded."""
+    path = tmp_path / "mp"
+    path.mkdir()
+    file = write(path / fake_process_name(), fm.build([
+        fm.chunk(0, {0: 3.0, 1: 4.0}), fm.counter(0, "good"),
+        fm.Record(fm.COUNTER, 1, fm.checked(b"[" * 200_000 + b"]" * 200_000)),
+    ]))
+    collector, text, _ = serve(path, compact=False)
+    assert value(text, "good_total") == 3
+    assert skipped_paths(collector.skipped) == [str(file)]
+    collector, text, _ = serve(path)
+    assert fm_files(path) == ["archive.fm"] and not list(path.glob("*.corrupt"))
+    assert value(text, "good_total") == 3
 
 
 # -- 12. entries that cannot be opened --------------------------------------------------------

@@ -40,7 +40,11 @@ the wall clock in milliseconds since the Unix epoch; ``index | (stamp_us <<
 12)`` in version 1 (:func:`decode_word` reads both).
 
 A zero ``kind`` below ``used`` is a record not yet visible to this reader: the
-walk stops there.  Anything else that does not fit raises :class:`CorruptFile`.
+walk stops there.  What the walk cannot step over (a bad header, ``used``,
+record length or chunk record) raises :class:`CorruptFile` for the whole file.
+A bad value or metadata record costs only its series: it is left out and
+described in :attr:`ParsedFile.problems`.  A count is any float a counter can
+hold, +Inf included; NaN and negative counts are invalid.
 """
 
 from __future__ import annotations
@@ -50,9 +54,10 @@ import mmap
 import os
 import stat
 import struct
-import sys
 import zlib
-from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple, Union
+
+from prometheus_client.metrics_core import Metric
 
 try:
     import fcntl
@@ -72,6 +77,7 @@ CHUNK_BITS = 9
 CHUNK_SLOTS = 1 << CHUNK_BITS
 CHUNK_BYTES = 8 * CHUNK_SLOTS
 MAX_CHUNKS = 2048
+MAX_SLOTS = MAX_CHUNKS * CHUNK_SLOTS
 # version -> (state bits, nanoseconds per stamp unit) of an enum word
 _WORD_FORMATS = {1: (12, 1_000), 2: (16, 1_000_000)}
 STATE_BITS = _WORD_FORMATS[VERSION][0]
@@ -128,9 +134,10 @@ class ParsedFile(NamedTuple):
     archive: bool
     counters: Dict[SeriesKey, float]         # summed over the file's slots
     enums: Dict[SeriesKey, EnumValue]
-    metas: Dict[SeriesKey, Meta]
+    metas: Dict[SeriesKey, Meta]             # of every series in counters and enums
     absorbed: Set[bytes]
-    live: Optional[bool] = None               # owner alive (its flock held), when asked
+    problems: List[str]                      # series left out, and why
+    live: Optional[bool] = None              # owner alive (its flock held), when asked
 
 
 class Header(NamedTuple):
@@ -199,20 +206,32 @@ def _checked_body(payload: bytes) -> bytes:
 
 
 def _parse_meta(body: bytes, kind: str) -> Meta:
+    """The metadata in ``body``, if an exporter can serve it; CorruptFile if not."""
     try:
         doc = json.loads(body)
         meta = Meta(doc["type"], doc["name"], doc["doc"], doc["unit"], tuple(doc["labelnames"]),
                     tuple(doc["labelvalues"]), tuple(doc.get("states", ())))
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptFile(f"bad metadata: {e}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise CorruptFile(f"bad metadata: {type(e).__name__}: {str(e)[:200]}") from None
     strings = (meta.name, meta.doc, meta.unit) + meta.labelnames + meta.labelvalues + meta.states
     # Names were validated by prometheus_client when the metric was created;
-    # here only the shape is checked (the CRC catches damaged bytes).
+    # here the shape is checked (the CRC catches damaged bytes), and that the
+    # collector can build and encode the family (files written before
+    # multiprocess mode refused lone surrogates hold some).
     if (meta.type != kind or not all(isinstance(s, str) for s in strings)
             or not meta.name or not all(meta.labelnames)
             or len(meta.labelnames) != len(meta.labelvalues)
             or (kind == "stateset") != bool(meta.states) or len(meta.states) > MAX_STATES):
         raise CorruptFile(f"invalid metadata for {meta.name!r}")
+    try:
+        for s in strings:
+            s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CorruptFile(f"metadata of {meta.name!r} is not valid UTF-8 ({s!r})") from None
+    try:
+        Metric(meta.name, meta.doc, meta.type, meta.unit)
+    except ValueError as e:
+        raise CorruptFile(f"metadata of {meta.name!r} cannot be served: {e}") from None
     return meta
 
 
@@ -266,6 +285,11 @@ def _load_used(mm: mmap.mmap) -> int:
         return int(word[0])
 
 
+# What a plan reads: (counters: (key, meta, float64 indices), enums: (key, meta, int64 index),
+# problems: enums without a word)
+_Plan = Tuple[List[Tuple[SeriesKey, Meta, Tuple[int, ...]]], List[Tuple[SeriesKey, Meta, int]], List[str]]
+
+
 class _Layout:
     """What the records of one file below ``scanned`` say.  Records below
     ``used`` never change once published, so this is walked once and then
@@ -273,7 +297,7 @@ class _Layout:
     ``plan`` (rebuilt when a walk found new records)."""
 
     __slots__ = ("head", "header", "scanned", "chunks", "words", "counter_slots", "enum_slots", "retired",
-                 "counters", "enums", "metas", "absorbed", "plan")
+                 "counters", "enums", "metas", "absorbed", "problems", "plan")
 
     def __init__(self, head: bytes) -> None:
         self.head = head                                 # header bytes 0..63, as validated
@@ -288,25 +312,23 @@ class _Layout:
         self.enums: Dict[SeriesKey, EnumValue] = {}
         self.metas: Dict[SeriesKey, Meta] = {}
         self.absorbed: Set[bytes] = set()
-        # (counters: (key, meta, float64 indices), enums: (key, meta, int64 index))
-        self.plan: Optional[Tuple[List[Tuple[SeriesKey, Meta, Tuple[int, ...]]],
-                                  List[Tuple[SeriesKey, Meta, int]]]] = None
+        self.problems: List[str] = []                    # records left out by the walk
+        self.plan: Optional[_Plan] = None
 
-    def make_plan(self) -> None:
+    def make_plan(self) -> _Plan:
         mask = CHUNK_SLOTS - 1
         counters = [(meta.key, meta, tuple((start >> 3) + (slot & mask)
                                            for start in self.chunks.get(slot >> CHUNK_BITS, ())))
                     for slot, meta in self.counter_slots.items() if slot not in self.retired]
-        enums = []
+        enums, problems = [], []
         for slot, meta in self.enum_slots.items():
             start = self.words.get(slot >> CHUNK_BITS)
             if start is None:
-                raise CorruptFile(f"enum {meta.name!r} has no word")
-            enums.append((meta.key, meta, (start >> 3) + (slot & mask)))
-        self.plan = (counters, enums)
-
-
-_MAX_COUNT = sys.float_info.max
+                problems.append(f"{_series_name(meta)}: enum without a word record; series skipped")
+            else:
+                enums.append((meta.key, meta, (start >> 3) + (slot & mask)))
+        self.plan = (counters, enums, problems)
+        return self.plan
 
 
 class Reader:
@@ -325,7 +347,7 @@ class Reader:
     def __init__(self) -> None:
         self._layouts: Dict[Tuple[str, int, int], _Layout] = {}
         self._touched: Set[Tuple[str, int, int]] = set()
-        self._metas: Dict[Tuple[bytes, str], Meta] = {}
+        self._metas: Dict[Tuple[bytes, str], Union[Meta, str]] = {}
         # Mappings kept between reads (a fresh one costs ~10 us: mmap, faults,
         # munmap); each holds a descriptor, so at most a quarter of the limit.
         self._mapped: Dict[Tuple[str, int, int], Tuple[mmap.mmap, int]] = {}
@@ -389,7 +411,6 @@ class Reader:
             if not keep:
                 mm.close()
 
-
     def _parse(self, key: Tuple[str, int, int], mm: mmap.mmap, size: int) -> ParsedFile:
         layout = self._layouts.get(key)
         if layout is None or mm[:USED_OFFSET] != layout.head:
@@ -405,13 +426,12 @@ class Reader:
             self._walk(mm, layout, used, archive)
         if archive:
             return ParsedFile(key[0], head.uid, head.pid, head.created_ns, True, dict(layout.counters),
-                              dict(layout.enums), dict(layout.metas), set(layout.absorbed))
-        if layout.plan is None:
-            layout.make_plan()
-        counter_plan, enum_plan = layout.plan  # type: ignore[misc]
+                              dict(layout.enums), dict(layout.metas), set(layout.absorbed), list(layout.problems))
+        counter_plan, enum_plan, plan_problems = layout.plan or layout.make_plan()
         counters: Dict[SeriesKey, float] = {}
         enums: Dict[SeriesKey, EnumValue] = {}
         metas: Dict[SeriesKey, Meta] = {}
+        bad: Dict[SeriesKey, str] = {}
         if counter_plan or enum_plan:
             # Counts are being stored right now: read them with 8-byte loads.
             with memoryview(mm) as whole, whole[:used] as view, view.cast("d") as as_f64, \
@@ -420,12 +440,24 @@ class Reader:
                     value = 0.0
                     for i in indices:
                         value += as_f64[i]
-                    counters[series] = counters.get(series, 0.0) + _valid_count(value, meta)
-                    metas[series] = meta
+                    if _valid_count(value):
+                        counters[series] = counters.get(series, 0.0) + value
+                        metas[series] = meta
+                    else:
+                        bad.setdefault(series, f"{_series_name(meta)}: invalid count {value!r}; series skipped")
                 for series, meta, i in enum_plan:
-                    enums[series] = _valid_word(head.version, as_i64[i], meta)
-                    metas[series] = meta
-        return ParsedFile(key[0], head.uid, head.pid, head.created_ns, False, counters, enums, metas, set())
+                    enum = _valid_word(head.version, as_i64[i], meta)
+                    if enum is not None:
+                        enums[series] = enum
+                        metas[series] = meta
+                    else:
+                        bad.setdefault(series, f"{_series_name(meta)}: invalid enum word {as_i64[i]}; series skipped")
+        for series in bad:
+            counters.pop(series, None)
+            enums.pop(series, None)
+            metas.pop(series, None)
+        return ParsedFile(key[0], head.uid, head.pid, head.created_ns, False, counters, enums, metas, set(),
+                          layout.problems + plan_problems + list(bad.values()))
 
     def _walk(self, mm: mmap.mmap, layout: _Layout, used: int, archive: bool) -> None:
         """Walk the records from ``layout.scanned`` up to ``used``."""
@@ -450,23 +482,9 @@ class Reader:
                 elif layout.words.setdefault(arg, start) != start:
                     raise CorruptFile(f"duplicate enum words for chunk {arg}")
             elif kind in (COUNTER, ENUM, RETIRE) and not archive:
-                if not 0 <= arg < MAX_CHUNKS * CHUNK_SLOTS:
-                    raise CorruptFile(f"bad slot {arg} at {off}")
-                if kind == RETIRE:
-                    layout.retired.add(arg)
-                else:
-                    meta = self._meta(mm[start:start + length], "counter" if kind == COUNTER else "stateset", 0)
-                    (layout.counter_slots if kind == COUNTER else layout.enum_slots)[arg] = meta
+                self._slot_record(mm, layout, kind, arg, start, length, off)
             elif kind in (TOTAL, LAST) and archive:
-                payload = mm[start:start + length]
-                meta = self._meta(payload, "counter" if kind == TOTAL else "stateset", 8)
-                if kind == TOTAL:
-                    (value,) = _F64.unpack_from(payload, 4)
-                    layout.counters[meta.key] = layout.counters.get(meta.key, 0.0) + _valid_count(value, meta)
-                else:
-                    (word,) = _I64.unpack_from(payload, 4)
-                    layout.enums[meta.key] = _valid_word(layout.header.version, word, meta)
-                layout.metas[meta.key] = meta
+                self._archive_record(mm[start:start + length], layout, kind, off)
             elif kind == ABSORBED and archive:
                 body = _checked_body(mm[start:start + length])
                 if len(body) % 16:
@@ -477,16 +495,61 @@ class Reader:
             off = end
         layout.scanned = off
 
-    def _meta(self, payload: bytes, kind: str, prefix: int) -> Meta:
-        """The metadata in ``payload`` (crc + ``prefix`` bytes + JSON), checked
-        once per distinct payload: every process declares the same metrics."""
+    def _slot_record(self, mm: mmap.mmap, layout: _Layout, kind: int, slot: int, start: int, length: int,
+                     off: int) -> None:
+        """A COUNTER, ENUM or RETIRE record: a bad one is left out, described."""
+        if not 0 <= slot < MAX_SLOTS:
+            layout.problems.append(f"record at {off}: bad slot {slot}; skipped")
+        elif kind == RETIRE:
+            layout.retired.add(slot)
+        else:
+            meta = self._meta(mm[start:start + length], "counter" if kind == COUNTER else "stateset", 0)
+            if isinstance(meta, str):
+                layout.problems.append(f"record at {off} (slot {slot}): {meta}; series skipped")
+            else:
+                (layout.counter_slots if kind == COUNTER else layout.enum_slots)[slot] = meta
+
+    def _archive_record(self, payload: bytes, layout: _Layout, kind: int, off: int) -> None:
+        """A TOTAL or LAST record of an archive: a bad one is left out, described."""
+        meta = self._meta(payload, "counter" if kind == TOTAL else "stateset", 8)
+        if isinstance(meta, str):
+            layout.problems.append(f"record at {off}: {meta}; series skipped")
+            return
+        if kind == TOTAL:
+            (value,) = _F64.unpack_from(payload, 4)
+            if not _valid_count(value):
+                layout.problems.append(f"{_series_name(meta)}: invalid count {value!r}; series skipped")
+                return
+            layout.counters[meta.key] = layout.counters.get(meta.key, 0.0) + value
+        else:
+            (word,) = _I64.unpack_from(payload, 4)
+            enum = _valid_word(layout.header.version, word, meta)
+            if enum is None:
+                layout.problems.append(f"{_series_name(meta)}: invalid enum word {word}; series skipped")
+                return
+            layout.enums[meta.key] = enum
+        layout.metas[meta.key] = meta
+
+    def _meta(self, payload: bytes, kind: str, prefix: int) -> Union[Meta, str]:
+        """The metadata in ``payload`` (crc + ``prefix`` bytes + JSON), or why
+        it is invalid; checked once per distinct payload: every process
+        declares the same metrics."""
         meta = self._metas.get((payload, kind))
         if meta is None:
-            meta = _parse_meta(_checked_body(payload)[prefix:], kind)
+            try:
+                meta = _parse_meta(_checked_body(payload)[prefix:], kind)
+            except CorruptFile as e:
+                meta = str(e)
             if len(self._metas) >= self._META_CACHE_MAX:
                 self._metas.clear()
             self._metas[(payload, kind)] = meta
         return meta
+
+
+def _series_name(meta: Meta) -> str:
+    """``name{label="value",...}`` for messages."""
+    labels = ",".join(f"{k}={v!r}" for k, v in zip(meta.labelnames, meta.labelvalues))
+    return f"{meta.name!r}{{{labels}}}" if labels else repr(meta.name)
 
 
 def _descriptor_budget() -> int:
@@ -531,20 +594,18 @@ def _check_header(head: bytes) -> Header:
     return fields
 
 
+def _valid_count(value: float) -> bool:
+    """Whether ``value`` is a count a counter can hold: +Inf is one (an
+    ``inc(inf)``, or a sum past the largest float); NaN and negatives are not."""
+    return value >= 0.0   # False for NaN
 
 
-def _valid_count(value: float, meta: Meta) -> float:
-    if not 0.0 <= value <= _MAX_COUNT:   # NaN fails both comparisons
-        raise CorruptFile(f"invalid count {value!r} for {meta.name!r}")
-    return value
-
-
-def _valid_word(version: int, word: int, meta: Meta) -> EnumValue:
-    """The decoded word; CorruptFile if it names no state of ``meta``."""
+def _valid_word(version: int, word: int, meta: Meta) -> Optional[EnumValue]:
+    """The decoded word, or None if it names no state of ``meta``."""
+    if word < 0:
+        return None
     enum = decode_word(version, word)
-    if word < 0 or enum.index >= len(meta.states):
-        raise CorruptFile(f"invalid enum word {word!r} for {meta.name!r}")
-    return enum
+    return enum if enum.index < len(meta.states) else None
 
 
 def write_archive(path: str, counters: Dict[SeriesKey, float], enums: Dict[SeriesKey, EnumValue],

@@ -330,9 +330,11 @@ class Snapshot(NamedTuple):
 def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.Reader] = None) -> Snapshot:
     """Fold the archive and every process file in ``path``.  Counters are
     summed; enums are per live process (``pid``) or the most recent state
-    (``mostrecent``).  Invalid files are skipped and listed, never raised.
-    A ``reader`` kept between calls (not shared by threads) makes a repeated
-    read walk only the records appended since the previous one."""
+    (``mostrecent``).  What cannot be read is skipped and listed, never
+    raised: entries that are not regular files or cannot be opened, invalid
+    files, and single series with invalid metadata or values.  A ``reader``
+    kept between calls (not shared by threads) makes a repeated read walk
+    only the records appended since the previous one."""
     if enum_mode not in ENUM_MODES:
         raise ValueError(f"enum_mode must be one of {ENUM_MODES}, not {enum_mode!r}")
     if reader is None:
@@ -376,6 +378,7 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
     enums: Dict[Tuple[SeriesKey, Optional[int]], EnumValue] = {}
     families: Dict[str, Meta] = {}
     for pf, live in parsed:
+        skipped += [(pf.path, problem) for problem in pf.problems]
         mismatched: Set[str] = set()
         for key, meta in pf.metas.items():
             family = families.setdefault(meta.name, meta)
@@ -484,10 +487,11 @@ def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionR
     Crash-safe: the new archive (which lists the uids it absorbed) replaces the
     old one atomically before any file is deleted, and readers ignore a file
     whose uid the archive lists.  An invalid exited file is renamed to
-    ``*.corrupt``; an entry that is not a regular file or cannot be opened is
-    left in place; both are reported in ``skipped``.  With ``blocking=False``
-    it returns at once (``ran=False``) if another process is compacting.
-    ``OSError`` if the archive cannot be written.
+    ``*.corrupt``; a series of it with invalid metadata or values is left out
+    and the rest folded; an entry that is not a regular file or cannot be
+    opened is left in place.  All of these are reported in ``skipped``.  With
+    ``blocking=False`` it returns at once (``ran=False``) if another process
+    is compacting.  ``OSError`` if the archive cannot be written.
     """
     path = path or os.environ.get(ENV_DIR)
     if not path:
@@ -574,6 +578,8 @@ def _fold_into_archive(path: str, names: List[str], dead: List[ParsedFile],
     counters = dict(archive.counters) if archive else {}
     enums = dict(archive.enums) if archive else {}
     metas = dict(archive.metas) if archive else {}
+    if archive:
+        skipped += [(archive_path, f"{problem}; dropped from the archive") for problem in archive.problems]
     old_absorbed = archive.absorbed if archive else set()
     present = {bytes.fromhex(name.rsplit("-", 1)[-1][:-len(_mpfile.SUFFIX)]) for name in names
                if _looks_like_uid(name)}
@@ -604,6 +610,7 @@ def _fold_into_archive(path: str, names: List[str], dead: List[ParsedFile],
 def _fold_file(pf: ParsedFile, counters: Dict[SeriesKey, float], enums: Dict[SeriesKey, EnumValue],
                metas: Dict[SeriesKey, Meta], skipped: List[Tuple[str, str]]) -> None:
     """Add an exited process's file to the archive's series."""
+    skipped += [(pf.path, f"{problem}; left out of the archive") for problem in pf.problems]
     for key, meta in pf.metas.items():
         known = metas.setdefault(key, meta)
         if (known.type, known.labelnames, known.states) != (meta.type, meta.labelnames, meta.states):
