@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import stat
 import struct
@@ -494,6 +495,55 @@ def test_entries_that_cannot_be_opened_do_not_stop_compaction(mp, kind, tmp_path
     collector, text, _ = serve(mp.path)
     assert_counters(text, expected_count_totals({"w": 20}))
     assert str(entry) in skipped_paths(collector.skipped)
+
+
+# -- 13. copies of a process file ---------------------------------------------------------------
+
+def test_a_copy_of_an_exited_process_file_counts_once(mp):
+    """Copies of a file under other names (same uid in the header) are
+    counted once, the one named after its header, and reported; compaction
+    folds it once and deletes the copies with it."""
+    mp.run("count", n=30, label="w")
+    original = only_file(mp.path)
+    copies = [mp.path / "copy.fm", mp.path / fake_process_name()]
+    for copy in copies:
+        shutil.copyfile(original, copy)
+    expected = expected_count_totals({"w": 30})
+
+    collector, text, _ = serve(mp.path, compact=False)
+    assert_counters(text, expected)
+    assert skipped_paths(collector.skipped) == sorted(map(str, copies))
+    assert all("same uid" in reason for _, reason in collector.skipped)
+
+    result = compact(str(mp.path))
+    assert (result.absorbed, result.removed) == (1, 3)
+    assert fm_files(mp.path) == ["archive.fm"]
+    collector, text, _ = serve(mp.path)
+    assert collector.skipped == []
+    assert_counters(text, expected)
+
+
+def test_a_copy_of_a_live_process_file_is_never_folded(mp):
+    """A copy of a live worker's file looks like an exited process (nobody
+    holds its lock): compaction must not fold it, or the archive would claim
+    the worker's uid and hide its file.  The worker's later counts show, and
+    once it exits everything is folded exactly once."""
+    worker = mp.serve()
+    worker.call("inc", metric="ops", amount=5)
+    copy = mp.path / "copy.fm"
+    shutil.copyfile(only_file(mp.path), copy)
+
+    collector, text, _ = serve(mp.path)
+    assert value(text, "mp_ops_total") == 5
+    assert skipped_paths(collector.skipped) == [str(copy)]
+    assert copy.exists() and "archive.fm" not in fm_files(mp.path)
+    worker.call("inc", metric="ops", amount=2)
+    assert value(serve(mp.path)[1], "mp_ops_total") == 7
+    worker.exit()
+    collector, text, _ = serve(mp.path)
+    assert value(text, "mp_ops_total") == 7
+    assert fm_files(mp.path) == ["archive.fm"]
+    assert value(serve(mp.path)[1], "mp_ops_total") == 7
 
 
 # -- 15. capacities the file system cannot hold --------------------------------------------------

@@ -269,6 +269,11 @@ def open_entry(path: str) -> Tuple[int, os.stat_result]:
     return fd, st
 
 
+def read_header(fd: int) -> Header:
+    """The validated header of an open file (CorruptFile if invalid)."""
+    return _check_header(os.pread(fd, USED_OFFSET, 0))
+
+
 def no_readahead(mm: mmap.mmap) -> None:
     """Fault pages of ``mm`` in one at a time.  A process file is sparse and
     mostly holes; with the default readahead (up to ``read_ahead_kb``, often
@@ -653,6 +658,17 @@ def process_file_name(pid: int, uid: bytes) -> str:
 
 def is_process_file(name: str) -> bool:
     return name.endswith(SUFFIX) and name != ARCHIVE_NAME and not name.startswith(".")
+
+
+def uid_of_name(name: str) -> Optional[bytes]:
+    """The uid a :func:`process_file_name` carries, or None if ``name`` is
+    not one."""
+    pid, sep, rest = name.partition("-")
+    uid_hex = rest[:-len(SUFFIX)]
+    if (not sep or not pid.isdigit() or not rest.endswith(SUFFIX) or len(uid_hex) != 32
+            or uid_hex.strip("0123456789abcdef")):
+        return None
+    return bytes.fromhex(uid_hex)
 
 
 def parse_optional(path: str, reader: Optional[Reader] = None) -> Optional[ParsedFile]:

@@ -28,7 +28,7 @@ import mmap
 import os
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Protocol, Set, Tuple, TypeVar
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -313,8 +313,55 @@ class _DirLock:
             os.close(self.fd)   # drops the lock
 
 
+class _Owned(Protocol):
+    """A file as known by its path and header."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def uid(self) -> bytes: ...
+
+
+_F = TypeVar("_F", bound=_Owned)
+
+
+def _one_per_uid(files: List[_F]) -> List[Tuple[_F, List[_F]]]:
+    """``files`` grouped by uid, as (the file kept, its copies), in order.  A
+    uid names one process's file, so files sharing one are copies: the one
+    named after its own header (``<pid>-<uid>.fm``) is kept, else the first."""
+    groups: Dict[bytes, List[_F]] = {}
+    for f in files:
+        groups.setdefault(f.uid, []).append(f)
+    result = []
+    for group in groups.values():
+        kept = next((f for f in group if os.path.basename(f.path) == _mpfile.process_file_name(f.pid, f.uid)),
+                    group[0])
+        result.append((kept, [f for f in group if f is not kept]))
+    return result
+
+
+def _copy_reason(kept: _Owned) -> str:
+    return f"same uid as {kept.path}: a copy, counted once"
+
+
 def _process_files(path: str) -> List[str]:
     return sorted(name for name in os.listdir(path) if _mpfile.is_process_file(name))
+
+
+def _expect(pf: ParsedFile, archive: bool) -> ParsedFile:
+    """``pf`` if it is the kind of file its name says (CorruptFile if not)."""
+    if pf.archive != archive:
+        raise CorruptFile("an archive under a process file's name" if pf.archive
+                          else "a process file under the archive's name")
+    return pf
+
+
+def _read_archive(path: str, reader: Optional[_mpfile.Reader] = None) -> Optional[ParsedFile]:
+    """The archive of directory ``path``, or None if there is none."""
+    pf = _mpfile.parse_optional(os.path.join(path, _mpfile.ARCHIVE_NAME), reader)
+    return _expect(pf, archive=True) if pf is not None else None
 
 
 class Snapshot(NamedTuple):
@@ -332,9 +379,10 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
     summed; enums are per live process (``pid``) or the most recent state
     (``mostrecent``).  What cannot be read is skipped and listed, never
     raised: entries that are not regular files or cannot be opened, invalid
-    files, and single series with invalid metadata or values.  A ``reader``
-    kept between calls (not shared by threads) makes a repeated read walk
-    only the records appended since the previous one."""
+    files, copies of a file (same uid: counted once), and single series with
+    invalid metadata or values.  A ``reader`` kept between calls (not shared
+    by threads) makes a repeated read walk only the records appended since
+    the previous one."""
     if enum_mode not in ENUM_MODES:
         raise ValueError(f"enum_mode must be one of {ENUM_MODES}, not {enum_mode!r}")
     if reader is None:
@@ -344,40 +392,41 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
         finally:
             reader.close()
     skipped: List[Tuple[str, str]] = []
-    parsed: List[Tuple[ParsedFile, bool]] = []   # (file, owner alive)
+    files: List[ParsedFile] = []
     archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
     with _DirLock(path, exclusive=False) as lock:
         if lock.problem:
             skipped.append((lock.path, lock.problem))
         archive: Optional[ParsedFile] = None
         try:
-            archive = _mpfile.parse_optional(archive_path, reader)
+            archive = _read_archive(path, reader)
         except (CorruptFile, OSError) as e:
             skipped.append((archive_path, str(e)))
         absorbed = archive.absorbed if archive is not None else set()
         for name in _process_files(path):
             file_path = os.path.join(path, name)
             try:
-                pf = reader.read(file_path, probe_live=enum_mode == "pid")
-                if pf.archive:
-                    raise CorruptFile("an archive under a process file's name")
+                pf = _expect(reader.read(file_path, probe_live=enum_mode == "pid"), archive=False)
             except FileNotFoundError:
                 continue
             except (CorruptFile, OSError) as e:
                 skipped.append((file_path, str(e)))
                 continue
-            if pf.uid in absorbed:
-                continue   # folded into the archive; deletion is pending
-            parsed.append((pf, bool(pf.live)))
+            if pf.uid not in absorbed:   # else folded into the archive; deletion is pending
+                files.append(pf)
     reader.sweep()
-    parsed.sort(key=lambda item: -item[0].created_ns)   # newest first: its metadata wins
+    parsed: List[ParsedFile] = []
+    for kept, copies in _one_per_uid(files):
+        parsed.append(kept)
+        skipped += [(copy.path, _copy_reason(kept)) for copy in copies]
+    parsed.sort(key=lambda pf: -pf.created_ns)   # newest first: its metadata wins
     if archive is not None:
-        parsed.append((archive, False))
+        parsed.append(archive)
 
     counters: Dict[SeriesKey, float] = {}
     enums: Dict[Tuple[SeriesKey, Optional[int]], EnumValue] = {}
     families: Dict[str, Meta] = {}
-    for pf, live in parsed:
+    for pf in parsed:
         skipped += [(pf.path, problem) for problem in pf.problems]
         mismatched: Set[str] = set()
         for key, meta in pf.metas.items():
@@ -389,7 +438,7 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
             if meta.type == "counter":
                 counters[key] = counters.get(key, 0.0) + pf.counters[key]
             elif enum_mode == "pid":
-                if live:
+                if pf.live:
                     enums[(key, pf.pid)] = pf.enums[key]
             else:
                 enum, best = pf.enums[key], enums.get((key, None))
@@ -466,7 +515,7 @@ class MultiProcessCollector(Collector):
                 except OSError as e:   # e.g. a read-only directory: still serve what is there
                     skipped.append((self._path, f"compaction failed: {e}"))
             snapshot = read_directory(self._path, self._enum_mode, self._reader)
-            self.skipped = skipped + snapshot.skipped
+            self.skipped = list(dict.fromkeys(skipped + snapshot.skipped))   # both may report a copy
             for item in self.skipped:
                 if item not in self._reported:
                     self._reported.add(item)
@@ -489,9 +538,11 @@ def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionR
     whose uid the archive lists.  An invalid exited file is renamed to
     ``*.corrupt``; a series of it with invalid metadata or values is left out
     and the rest folded; an entry that is not a regular file or cannot be
-    opened is left in place.  All of these are reported in ``skipped``.  With
-    ``blocking=False`` it returns at once (``ran=False``) if another process
-    is compacting.  ``OSError`` if the archive cannot be written.
+    opened is left in place; copies of a file (same uid) are folded once, and
+    never while a file with their uid is live.  All of these are reported in
+    ``skipped``.  With ``blocking=False`` it returns at once (``ran=False``)
+    if another process is compacting.  ``OSError`` if the archive cannot be
+    written.
     """
     path = path or os.environ.get(ENV_DIR)
     if not path:
@@ -506,24 +557,33 @@ def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionR
         reader = _mpfile.Reader()
         locks: List[int] = []   # descriptors holding exited files' locks until they are deleted
         try:
-            dead = _survey(path, names, reader, locks, skipped)
+            entries = _survey(path, names, reader, locks, skipped)
             _remove_stale_temps(path)
-            if not dead:
+            if not any(entry.parsed is not None for entry in entries):
                 return CompactionResult(0, 0, skipped, True)
-            return _fold_into_archive(path, names, dead, skipped)
+            return _fold_into_archive(path, names, entries, skipped)
         finally:
             reader.close()
             for fd in locks:
                 os.close(fd)
 
 
+class _Entry(NamedTuple):
+    """A process file as compaction found it."""
+
+    path: str
+    pid: int
+    uid: bytes
+    parsed: Optional[ParsedFile]   # an exited process's file, read under its lock; None: live
+
+
 def _survey(path: str, names: List[str], reader: _mpfile.Reader, locks: List[int],
-            skipped: List[Tuple[str, str]]) -> List[ParsedFile]:
-    """The files of exited processes among ``names``, read in full under
-    their lock (kept in ``locks``).  An invalid one is renamed
-    ``*.corrupt``; an entry that cannot be opened or read is left in place;
-    both are reported."""
-    dead = []
+            skipped: List[Tuple[str, str]]) -> List[_Entry]:
+    """The process files ``names`` that can be opened: live ones by their
+    header, exited ones read in full under their lock (kept in ``locks``).
+    An exited file that is invalid is renamed ``*.corrupt``; an entry that
+    cannot be opened or read is left in place; both are reported."""
+    entries = []
     for name in names:
         file_path = os.path.join(path, name)
         try:
@@ -536,21 +596,25 @@ def _survey(path: str, names: List[str], reader: _mpfile.Reader, locks: List[int
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:   # its owner is alive
-            os.close(fd)
+            try:
+                head = _mpfile.read_header(fd)
+                entries.append(_Entry(file_path, head.pid, head.uid, None))
+            except (CorruptFile, OSError):
+                pass   # a live file's problem: scrapes report it
+            finally:
+                os.close(fd)
             continue
         locks.append(fd)
         try:
-            pf = reader.read_open(file_path, fd, st)
-            if pf.archive:
-                raise CorruptFile("an archive under a process file's name")
+            pf = _expect(reader.read_open(file_path, fd, st), archive=False)
         except CorruptFile as e:
             _set_aside(file_path, str(e), skipped)
             continue
         except OSError as e:
             skipped.append((file_path, f"{e}; left in place"))
             continue
-        dead.append(pf)
-    return dead
+        entries.append(_Entry(file_path, pf.pid, pf.uid, pf))
+    return entries
 
 
 def _set_aside(file_path: str, reason: str, skipped: List[Tuple[str, str]]) -> None:
@@ -562,11 +626,11 @@ def _set_aside(file_path: str, reason: str, skipped: List[Tuple[str, str]]) -> N
         skipped.append((file_path, f"{reason}; cannot move it aside: {e}"))
 
 
-def _fold_into_archive(path: str, names: List[str], dead: List[ParsedFile],
+def _fold_into_archive(path: str, names: List[str], entries: List[_Entry],
                        skipped: List[Tuple[str, str]]) -> CompactionResult:
     archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
     try:
-        archive = _mpfile.parse_optional(archive_path)
+        archive = _read_archive(path)
     except CorruptFile as e:
         aside = f"{archive_path}.corrupt-{time.time_ns()}"
         os.replace(archive_path, aside)
@@ -581,17 +645,20 @@ def _fold_into_archive(path: str, names: List[str], dead: List[ParsedFile],
     if archive:
         skipped += [(archive_path, f"{problem}; dropped from the archive") for problem in archive.problems]
     old_absorbed = archive.absorbed if archive else set()
-    present = {bytes.fromhex(name.rsplit("-", 1)[-1][:-len(_mpfile.SUFFIX)]) for name in names
-               if _looks_like_uid(name)}
+    present = {entry.uid for entry in entries} | {uid for uid in map(_mpfile.uid_of_name, names) if uid}
     absorbed = old_absorbed & present
+    live = {entry.uid for entry in entries if entry.parsed is None}
     folded = 0
     to_delete: List[str] = []
-    for pf in dead:
-        to_delete.append(pf.path)
-        if pf.uid not in old_absorbed:   # else folded by a compaction that stopped before deleting it
-            _fold_file(pf, counters, enums, metas, skipped)
-            absorbed.add(pf.uid)
+    for kept, copies in _one_per_uid(entries):
+        skipped += [(copy.path, _copy_reason(kept)) for copy in copies]
+        if kept.uid in live:
+            continue   # a live process still writes to a file with this uid
+        if kept.uid not in old_absorbed:   # else folded by a compaction that stopped before deleting it
+            _fold_file(kept.parsed, counters, enums, metas, skipped)  # type: ignore[arg-type]  # not live: read
+            absorbed.add(kept.uid)
             folded += 1
+        to_delete += [entry.path for entry in (kept, *copies)]
     if to_delete:
         # A new uid per archive: readers that remember a file by its inode
         # tell a new archive from an old one by the header (inodes are reused).
@@ -622,12 +689,6 @@ def _fold_file(pf: ParsedFile, counters: Dict[SeriesKey, float], enums: Dict[Ser
             enum, best = pf.enums[key], enums.get(key)
             if best is None or enum.stamp_ns >= best.stamp_ns:
                 enums[key] = enum
-
-
-def _looks_like_uid(name: str) -> bool:
-    stem = name[:-len(_mpfile.SUFFIX)]
-    tail = stem.rsplit("-", 1)[-1]
-    return len(tail) == 32 and all(c in "0123456789abcdef" for c in tail)
 
 
 def _remove_stale_temps(path: str) -> None:
