@@ -339,7 +339,7 @@ def scenario_prefork(args: dict) -> None:
     assert read_command()["op"] == "exit"
 
 
-# -- robustness tests ------------------------------------------------------------
+# -- robustness and fuzz tests ------------------------------------------------------
 
 def scenario_surrogates(args: dict) -> None:
     """Strings that are not valid UTF-8 (a lone surrogate, what os.fsdecode
@@ -361,6 +361,28 @@ def scenario_surrogates(args: dict) -> None:
     after = fastmetrics.shard_stats()
     m.work.labels("ok").inc()
     emit(event="done", pid=os.getpid(), errors=errors, before=before, after=after)
+
+
+def scenario_declare(args: dict) -> None:
+    """Metrics named after ``prefix``: a counter incremented from 3 threads
+    (a chunk each), reset and incremented again; ``children`` labelled
+    children; two enums.  Prints this process's exposition and exits."""
+    import fastmetrics
+
+    p, n = args["prefix"], args["children"]
+    ops = fastmetrics.Counter(f"{p}_ops", "Operations.")
+    work = fastmetrics.Counter(f"{p}_work", "Work per key.", labelnames=["key"], unit="bytes")
+    phase = fastmetrics.Enum(f"{p}_phase", "Phase.", states=STATES)
+    role = fastmetrics.Enum(f"{p}_role", "Role.", labelnames=["role"], states=STATES)
+    ops.inc(1000)
+    ops.reset()
+    _inc(ops, 1.5, 100, 3)
+    for i in range(n):
+        work.labels(str(i)).inc(i + 0.25)
+    phase.state("busy")
+    for i, name in enumerate(("reader", "writer")):
+        role.labels(name).state(STATES[i + 1])
+    emit(event="done", pid=os.getpid(), files=own_files(os.getpid()), **exposition())
 
 
 # -- enable() ------------------------------------------------------------------
