@@ -451,12 +451,13 @@ class Reader:
                     else:
                         bad.setdefault(series, f"{_series_name(meta)}: invalid count {value!r}; series skipped")
                 for series, meta, i in enum_plan:
-                    enum = _valid_word(head.version, as_i64[i], meta)
+                    word = as_i64[i]
+                    enum = _valid_word(head.version, word, meta)
                     if enum is not None:
                         enums[series] = enum
                         metas[series] = meta
                     else:
-                        bad.setdefault(series, f"{_series_name(meta)}: invalid enum word {as_i64[i]}; series skipped")
+                        bad.setdefault(series, f"{_series_name(meta)}: invalid enum word {word}; series skipped")
         for series in bad:
             counters.pop(series, None)
             enums.pop(series, None)
@@ -552,7 +553,7 @@ class Reader:
 
 
 def _series_name(meta: Meta) -> str:
-    """``name{label="value",...}`` for messages."""
+    """``'name'{label='value',...}`` for messages."""
     labels = ",".join(f"{k}={v!r}" for k, v in zip(meta.labelnames, meta.labelvalues))
     return f"{meta.name!r}{{{labels}}}" if labels else repr(meta.name)
 

@@ -482,9 +482,11 @@ class MultiProcessCollector(Collector):
     exposed per live process with a ``pid`` label (``enum_mode="pid"``), or as
     the state set most recently in any process (``"mostrecent"``, by wall
     clock, exited processes included).  Unless ``compact=False``, each scrape
-    first folds the files of exited processes into the archive.  Files that
-    fail validation are skipped, logged once, and listed in ``skipped``.
-    Thread-safe; a scrape is O(files + series).
+    first folds the files of exited processes into the archive.  Whatever the
+    directory holds, a scrape does not raise: what cannot be read (invalid
+    files, single invalid series, copies, entries that are not regular files,
+    a lock that cannot be taken) is skipped, logged once, and listed in
+    ``skipped``.  Thread-safe; a scrape is O(files + series).
     """
 
     def __init__(self, registry: Optional[CollectorRegistry], path: Optional[str] = None, *,
