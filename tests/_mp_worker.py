@@ -339,6 +339,52 @@ def scenario_prefork(args: dict) -> None:
     assert read_command()["op"] == "exit"
 
 
+# -- robustness and fuzz tests ------------------------------------------------------
+
+def scenario_surrogates(args: dict) -> None:
+    """Strings that are not valid UTF-8 (a lone surrogate, what os.fsdecode
+    makes of a non-UTF-8 byte) as a label value, help text or enum state: the
+    errors, and the shard store's stats around them (nothing allocated)."""
+    import fastmetrics
+
+    m = metrics()
+    bad = os.fsdecode(b"\xff")
+    m.work.labels("ok").inc()
+    before = fastmetrics.shard_stats()
+    errors = {
+        "label": _error(lambda: m.work.labels(bad)),
+        "label_kwarg": _error(lambda: m.bytes.labels(direction="in", code=bad)),
+        "enum_label": _error(lambda: m.role.labels(bad)),
+        "documentation": _error(lambda: fastmetrics.Counter("mp_bad_doc", "Help " + bad)),
+        "state": _error(lambda: fastmetrics.Enum("mp_bad_state", "Help.", states=["ok", bad])),
+    }
+    after = fastmetrics.shard_stats()
+    m.work.labels("ok").inc()
+    emit(event="done", pid=os.getpid(), errors=errors, before=before, after=after)
+
+
+def scenario_declare(args: dict) -> None:
+    """Metrics named after ``prefix``: a counter incremented from 3 threads
+    (a chunk each), reset and incremented again; ``children`` labelled
+    children; two enums.  Prints this process's exposition and exits."""
+    import fastmetrics
+
+    p, n = args["prefix"], args["children"]
+    ops = fastmetrics.Counter(f"{p}_ops", "Operations.")
+    work = fastmetrics.Counter(f"{p}_work", "Work per key.", labelnames=["key"], unit="bytes")
+    phase = fastmetrics.Enum(f"{p}_phase", "Phase.", states=STATES)
+    role = fastmetrics.Enum(f"{p}_role", "Role.", labelnames=["role"], states=STATES)
+    ops.inc(1000)
+    ops.reset()
+    _inc(ops, 1.5, 100, 3)
+    for i in range(n):
+        work.labels(str(i)).inc(i + 0.25)
+    phase.state("busy")
+    for i, name in enumerate(("reader", "writer")):
+        role.labels(name).state(STATES[i + 1])
+    emit(event="done", pid=os.getpid(), files=own_files(os.getpid()), **exposition())
+
+
 # -- enable() ------------------------------------------------------------------
 
 def scenario_late_enable(args: dict) -> None:
@@ -371,7 +417,8 @@ def _error(call) -> object:
 
 def scenario_enable_errors(args: dict) -> None:
     """Every way enable() refuses, then a successful enable and what it
-    refuses afterwards; the enum state limit of the mode."""
+    refuses afterwards; the enum state limit of the mode (of the file format
+    this core writes)."""
     import fastmetrics
     from fastmetrics import multiprocess
 
@@ -388,11 +435,13 @@ def scenario_enable_errors(args: dict) -> None:
     errors["enabled"] = multiprocess.enable(path)
     errors["again"] = multiprocess.enable(path)
     errors["other_directory"] = _error(lambda: multiprocess.enable(other))
-    states = [f"s{i}" for i in range(4097)]
-    errors["states_4097"] = _error(lambda: fastmetrics.Enum("mp_big", "Too many states.", states=states))
-    big = fastmetrics.Enum("mp_big_ok", "As many states as fit.", states=states[:4096])
-    big.state("s4095")
-    errors["states_4096"] = big._value
+    limit = multiprocess._recorder.max_states
+    states = [f"s{i}" for i in range(limit + 1)]
+    errors["limit"] = limit
+    errors["states_over"] = _error(lambda: fastmetrics.Enum("mp_big", "Too many states.", states=states))
+    big = fastmetrics.Enum("mp_big_ok", "As many states as fit.", states=states[:limit])
+    big.state(states[limit - 1])
+    errors["states_at_limit"] = big._value
     emit(event="done", **errors)
 
 

@@ -250,7 +250,7 @@ def assert_counters(text: str, expected: Dict[Tuple[str, Labels], float]) -> Non
 
 HEADER = struct.Struct("=8sIIqqQ16sII")
 HEADER_FIELDS = ("magic", "version", "flags", "pid", "created_ns", "capacity", "uid", "order", "crc")
-KIND_CHUNK, KIND_WORDS, KIND_COUNTER, KIND_TOTAL = 1, 2, 3, 6
+KIND_CHUNK, KIND_WORDS, KIND_COUNTER = 1, 2, 3
 
 
 def used_of(data: bytes) -> int:
@@ -445,22 +445,28 @@ def _invalid_variants(data: bytes) -> Dict[str, Tuple[bytes, str]]:
     each made from a valid file with one defect."""
     base = valid_copy(data)
     used = used_of(base)
-    variants = {
+    return {
         "empty": (b"", "shorter than the header"),
         "short-header": (bytes(base[:100]), "shorter than the header"),
         "short-used": (bytes(base[:used - 8]), "in use"),
         "random": (os.urandom(4096), "magic"),
         "foreign-magic": (b"PROMETHE" + bytes(base[8:]), "magic"),
-        "version": (bytes(reheader(base, version=2)), "unsupported version 2"),
+        "version": (bytes(reheader(base, version=3)), "unsupported version 3"),
     }
+
+
+def _damaged_series_variants(data: bytes) -> Dict[str, Tuple[bytes, str]]:
+    """Name -> (content, a word of the reason) for valid files (new uid) whose
+    ``mp_ops`` series alone is damaged: its metadata, or its count."""
+    base = valid_copy(data)
     meta = bytearray(base)
     [(start, length)] = [(s, n) for k, a, s, n in records(base) if k == KIND_COUNTER
                          and b'"mp_ops"' in base[s:s + n]]
     meta[start + 4 + length // 2] ^= 0x20   # inside the JSON text
-    variants["metadata"] = (bytes(meta), "checksum")
+    variants = {"metadata": (bytes(meta), "checksum")}
     for name, bad in (("nan", math.nan), ("negative", -5.0)):
-        damaged = bytearray(base)
-        offsets = counter_value_offsets(base, "mp_ops")
+        damaged = valid_copy(data)
+        offsets = counter_value_offsets(damaged, "mp_ops")
         assert offsets
         for off in offsets:
             struct.pack_into("=d", damaged, off, bad)
@@ -471,11 +477,13 @@ def _invalid_variants(data: bytes) -> Dict[str, Tuple[bytes, str]]:
 def test_invalid_files_are_skipped_reported_and_set_aside(mp, caplog):
     """Next to a real worker's file: a valid copy (counted) and one file per
     defect (empty, shorter than the header, shorter than ``used``, random
-    bytes, other magic, unsupported version with a good CRC, damaged metadata,
-    NaN and negative counts).  A scrape does not raise, skips and reports each
-    invalid file once (``collector.skipped`` and a warning), and its totals are
-    those of the valid files.  Compaction renames the invalid dead files
-    ``*.corrupt`` and writes an archive that still reads exactly."""
+    bytes, other magic, unsupported version with a good CRC), and files whose
+    ``mp_ops`` series alone is damaged (metadata, NaN and negative counts).  A
+    scrape does not raise, skips and reports each invalid file and damaged
+    series once (``collector.skipped`` and a warning); its totals are those
+    of the valid files and series.  Compaction renames the invalid dead files
+    ``*.corrupt``, folds the others without their damaged series, and writes
+    an archive that still reads exactly."""
     mp.run("count", n=1000, label="w")
     [original] = fm_files(mp.path)
     data = (mp.path / original).read_bytes()
@@ -485,25 +493,33 @@ def test_invalid_files_are_skipped_reported_and_set_aside(mp, caplog):
         path = mp.path / fake_process_name()
         path.write_bytes(content)
         invalid[str(path)] = reason
+    damaged: Dict[str, str] = {}
+    for content, reason in _damaged_series_variants(data).values():
+        path = mp.path / fake_process_name()
+        path.write_bytes(content)
+        damaged[str(path)] = reason
     expected = expected_count_totals({"w": 1000})
-    expected = {key: 2 * v for key, v in expected.items()}   # the original and its valid copy
+    # the original, its valid copy, and the damaged files but for mp_ops
+    expected = {key: (2 if key[0] == "mp_ops_total" else 2 + len(damaged)) * v for key, v in expected.items()}
+    reported = {**invalid, **damaged}
 
     caplog.set_level("WARNING", logger=LOGGER)
     registry = CollectorRegistry()
     collector = MultiProcessCollector(registry, str(mp.path), compact=False)
     for _ in range(2):   # reported on every scrape, logged once
         assert_counters(generate_latest(registry).decode(), expected)
-        assert sorted(path for path, _ in collector.skipped) == sorted(invalid)
+        assert sorted(path for path, _ in collector.skipped) == sorted(reported)
         for path, reason in collector.skipped:
-            assert invalid[path] in reason, (path, reason)
+            assert reported[path] in reason, (path, reason)
     warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelname == "WARNING"]
-    for path in invalid:
+    for path in reported:
         assert sum(path in message for message in warnings) == 1, (path, warnings)
 
     collector, text = scrape(mp.path)   # compaction on
     assert_counters(text, expected)
-    assert sorted(path for path, _ in collector.skipped) == sorted(invalid)
-    assert all("moved to" in reason for _, reason in collector.skipped)
+    assert sorted(path for path, _ in collector.skipped) == sorted(reported)
+    for path, reason in collector.skipped:
+        assert ("moved to" if path in invalid else "left out of the archive") in reason, (path, reason)
     assert fm_files(mp.path) == ["archive.fm"]
     assert sorted(p.name for p in mp.path.glob("*.corrupt")) == sorted(
         os.path.basename(path) + ".corrupt" for path in invalid)
@@ -516,20 +532,19 @@ def test_invalid_files_are_skipped_reported_and_set_aside(mp, caplog):
 
 
 def test_a_corrupt_archive_is_reported_and_replaced(mp, caplog):
-    """A damaged archive is skipped and reported, never raised; the next
-    compaction moves it aside (its counts are lost, as the docs say) and folds
-    newer files into a fresh archive."""
+    """An archive with a damaged header is skipped and reported, never
+    raised; the next compaction moves it aside (its counts are lost, as the
+    docs say) and folds newer files into a fresh archive."""
     mp.run("count", n=100, label="a")
     assert compact(str(mp.path)).absorbed == 1
     archive = mp.path / "archive.fm"
     data = bytearray(archive.read_bytes())
-    start, length = next((s, n) for k, _, s, n in records(data) if k == KIND_TOTAL)
-    data[start + length - 3] ^= 0x20
+    data[24] ^= 0x20   # created_ns
     archive.write_bytes(data)
 
     caplog.set_level("WARNING", logger=LOGGER)
     collector, text = scrape(mp.path, compact=False)
-    assert collector.skipped == [(str(archive), "metadata checksum mismatch")]
+    assert collector.skipped == [(str(archive), "header checksum mismatch")]
     assert value(text, "mp_ops_total") is None
     assert any(str(archive) in r.getMessage() for r in caplog.records if r.name == LOGGER)
 
@@ -876,8 +891,9 @@ def test_enable_refuses_bad_input_with_clear_errors(mp, tmp_path):
     multiple of the page size, or with an unparsable
     FASTMETRICS_MULTIPROC_CAPACITY raises ValueError and leaves the mode off.
     Once enabled, the same directory again is a no-op and another one a
-    RuntimeError.  An enum with more than 4,096 states raises ValueError in
-    this mode; 4,096 states work."""
+    RuntimeError.  An enum with more states than the file format holds
+    (65,536 in version 2 files, 4,096 in version 1) raises ValueError in this
+    mode; as many as it holds work."""
     msg = mp.run("enable_errors", env_dir=False, path=str(mp.path), other=str(tmp_path / "other"))
     assert msg["no_directory"] == "ValueError: no directory given and FASTMETRICS_MULTIPROC_DIR is not set"
     assert msg["capacity_small"].startswith("ValueError: capacity must be a multiple of")
@@ -886,10 +902,13 @@ def test_enable_refuses_bad_input_with_clear_errors(mp, tmp_path):
     assert msg["still_off"] is None
     assert msg["enabled"] == msg["again"] == str(mp.path)
     assert msg["other_directory"] == f"RuntimeError: multiprocess mode is already enabled with {mp.path}"
-    assert msg["states_4097"] == "ValueError: fastmetrics multiprocess mode supports at most 4096 enum states"
-    assert msg["states_4096"] == 4095
+    [name] = fm_files(mp.path)
+    limit = msg["limit"]
+    assert limit == _mpfile.max_states(HEADER.unpack_from((mp.path / name).read_bytes())[1])
+    assert msg["states_over"] == f"ValueError: fastmetrics multiprocess mode supports at most {limit} enum states"
+    assert msg["states_at_limit"] == limit - 1
     _, text = scrape(mp.path, enum_mode="mostrecent")
-    assert value(text, "mp_big_ok", mp_big_ok="s4095") == 1
+    assert value(text, "mp_big_ok", mp_big_ok=f"s{limit - 1}") == 1
 
 
 def test_a_full_file_raises_memoryerror_and_keeps_what_was_counted(mp):
@@ -897,7 +916,9 @@ def test_a_full_file_raises_memoryerror_and_keeps_what_was_counted(mp):
     end in MemoryError naming the full file; everything counted before is in
     the scrape, exactly, and the file stays valid."""
     msg = mp.run("full", extra_env={multiprocess.ENV_CAPACITY: str(64 * 1024)})
-    assert msg["error"] == "fastmetrics: the multiprocess file is full or detached"
+    [name] = fm_files(mp.path)
+    assert msg["error"] == (f"fastmetrics: the multiprocess file {mp.path / name} is full or detached "
+                            "(set FASTMETRICS_MULTIPROC_CAPACITY higher)")
     assert msg["thread_error"] == [msg["error"]]
     assert 100 < msg["done"] < 1000
     collector, text = scrape(mp.path)

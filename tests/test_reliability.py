@@ -273,3 +273,68 @@ def test_multiprocess_full_filesystem_is_an_error_not_sigbus(impl, small_tmpfs):
     assert report["made"] > 0
     assert report["kept"] == 7 and report["scraped"] == 7      # what was counted stays valid
     assert report["children"] == report["made"]
+
+
+def test_multiprocess_reset_every_cycle_appends_nothing(impl, tmp_path):
+    # Audit item 7, multiprocess: each reset() appended records (and took a
+    # slot that is never recycled there) forever.
+    out = _run(impl, """
+        import json, mmap, os
+        from fastmetrics import Counter
+        import fastmetrics.multiprocess as mp
+        c = Counter("cycled", "Reset every cycle.", labelnames=["k"]).labels("a")
+        c.inc()
+        c.reset()
+        path = [os.path.join(mp.directory(), n) for n in os.listdir(mp.directory()) if n.endswith(".fm")][0]
+        def used():
+            with open(path, "rb") as f:
+                return int.from_bytes(f.read(72)[64:72], "little")
+        first = used()
+        for i in range(2000):
+            c.inc(3)
+            c.reset()
+        c.inc(2)
+        snap = mp.read_directory(mp.directory())
+        print(json.dumps({"first": first, "last": used(), "value": c._value.get(),
+                          "scraped": snap.counters.get(("cycled", ("a",)))}))
+    """, FASTMETRICS_MULTIPROC_DIR=str(tmp_path))
+    report = json.loads(out)
+    assert report["last"] == report["first"]
+    assert report["value"] == 2 and report["scraped"] == 2
+
+
+def test_multiprocess_enum_stamps_last_past_2041(impl, tmp_path):
+    # Audit item 8: `index | stamp_us << 12` went negative from 2041-05-10 and
+    # the reader rejected the whole file.  The clock is faked to 2100 (the
+    # twin reads time.time_ns and its words must decode to that date; the C
+    # core reads clock_gettime, so for it the reader must accept today's).
+    year_2100_ns = 4_102_444_800 * 10**9
+    out = _run(impl, f"""
+        import json, time
+        time.time_ns = lambda: {year_2100_ns}
+        from fastmetrics import Counter, Enum, implementation
+        import fastmetrics.multiprocess as mp
+        from fastmetrics import _core
+        e = Enum("phase", "Phase.", states=["a", "b", "c"])
+        e.state("c")
+        c = Counter("jobs", "Jobs.")
+        c.inc()
+        snap = mp.read_directory(mp.directory(), enum_mode="mostrecent")
+        value = snap.enums[(("phase", ()), None)]
+        print(json.dumps({{"index": value.index, "stamp_ns": value.stamp_ns,
+                          "jobs": snap.counters.get(("jobs", ())), "skipped": snap.skipped,
+                          "bits": _core.core.STATE_BITS}}))
+    """, FASTMETRICS_MULTIPROC_DIR=str(tmp_path))
+    report = json.loads(out)
+    assert report["skipped"] == [] and report["jobs"] == 1
+    assert report["bits"] == 16
+    assert report["index"] == 2
+    if impl.name == "python":
+        assert report["stamp_ns"] == year_2100_ns
+    # The largest stamp the encoding holds, as a date: far beyond any clock.
+    assert (2**63 - 1) >> 16 > 1000 * 86400 * 365 * 4000
+
+
+def test_cores_and_file_format_agree_on_the_enum_word(impl):
+    from fastmetrics import _mpfile
+    assert impl.core.STATE_BITS == _mpfile.STATE_BITS == 16

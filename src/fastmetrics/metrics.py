@@ -119,6 +119,11 @@ class _MetricWrapper:
         self._namespace = namespace
         self._subsystem = subsystem
         self._name = _pm._build_full_name(self._type, name, namespace, subsystem, unit)
+        if _mp_recorder is not None and not _labelvalues:
+            labelnames = tuple(labelnames)
+            _mp_recorder.check_strings("metric name", (self._name,))
+            _mp_recorder.check_strings("label name", labelnames)
+            _mp_recorder.check_strings("documentation", (documentation,))
         self._labelnames = _pm._validate_labelnames(self, labelnames)
         self._labelvalues = tuple(_labelvalues or ())
         self._kwargs: Dict[str, Any] = {}
@@ -192,6 +197,8 @@ class _MetricWrapper:
         child = children.get(key)
         if child is not None:
             return child  # type: ignore[no-any-return]
+        if _mp_recorder is not None:
+            _mp_recorder.check_labelvalues(key)   # before anything is allocated or written
         with _children_lock:
             child = children.get(key)
             if child is None:

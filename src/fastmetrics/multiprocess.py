@@ -28,14 +28,14 @@ import mmap
 import os
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Protocol, Set, Tuple, TypeVar
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
 from . import _core, _mpfile, metrics
-from ._mpfile import CorruptFile, Meta, ParsedFile, SeriesKey
+from ._mpfile import CorruptFile, EnumValue, Meta, ParsedFile, SeriesKey
 
 try:
     import fcntl
@@ -47,6 +47,7 @@ __all__ = ["ENV_DIR", "MultiProcessCollector", "compact", "directory", "enable"]
 ENV_DIR = "FASTMETRICS_MULTIPROC_DIR"
 ENV_CAPACITY = "FASTMETRICS_MULTIPROC_CAPACITY"
 DEFAULT_CAPACITY = 64 << 20   # bytes reserved per process file (sparse until used)
+MAX_CAPACITY = 1 << 40        # 1 TiB: far more than 2,048 chunks per thread can use
 ENUM_MODES = ("pid", "mostrecent")
 STALE_TEMP_SECONDS = 60.0
 
@@ -61,17 +62,18 @@ class _ProcessFile:
 
     @classmethod
     def create(cls, directory: str, capacity: int) -> "_ProcessFile":
-        """Create, lock, map and publish (rename) a new file, so readers never
-        see a file without its owner's lock."""
+        """Create, lock, map and publish (rename) a new file (format
+        ``_mpfile.VERSION``), so readers never see a file without its owner's lock.
+        ValueError naming the capacity setting when the system refuses a
+        file (or a mapping) that large; other errors as ``OSError``."""
         uid, pid = _mpfile.new_uid(), os.getpid()
         name = _mpfile.process_file_name(pid, uid)
         path, tmp = os.path.join(directory, name), os.path.join(directory, f".{name}.tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)   # a new inode: never contended
-            os.ftruncate(fd, capacity)       # sparse: pages cost nothing until touched
+            mm = _reserve(fd, capacity, directory)
             os.pwrite(fd, _mpfile.header(pid, time.time_ns(), capacity, uid), 0)
-            mm = mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             _mpfile.no_readahead(mm)
             os.rename(tmp, path)
         except BaseException:
@@ -93,6 +95,23 @@ class _ProcessFile:
         os.close(self.fd)
 
 
+_TOO_LARGE = (errno.EFBIG, errno.EINVAL, errno.ENOMEM, errno.EOVERFLOW)
+
+
+def _reserve(fd: int, capacity: int, directory: str) -> mmap.mmap:
+    """Size the file to ``capacity`` (sparse: pages cost nothing until
+    touched) and map it.  ValueError naming the setting if the file system
+    or the address space refuses that size."""
+    try:
+        os.ftruncate(fd, capacity)
+        return mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as e:
+        if e.errno not in _TOO_LARGE:
+            raise
+        raise ValueError(f"cannot reserve a process file of {capacity} bytes in {directory} ({e.strerror}); "
+                         f"set a smaller {ENV_CAPACITY} or enable(capacity=...)") from e
+
+
 class _Recorder:
     """Writes each metric value's metadata to this process's file and replays
     it into a fork child's new file.  Called by :mod:`fastmetrics.metrics`."""
@@ -100,6 +119,7 @@ class _Recorder:
     def __init__(self, directory: str, capacity: int, file: _ProcessFile) -> None:
         self.directory = directory
         self.capacity = capacity
+        self.max_states = _mpfile.max_states(_mpfile.VERSION)
         self.file: Optional[_ProcessFile] = file
         self.lock = threading.Lock()   # lock order: children lock, this, the core's
         self.records: Dict[int, Tuple[int, bytes]] = {}   # slot -> (kind, payload)
@@ -120,9 +140,31 @@ class _Recorder:
             self._write(_mpfile.COUNTER, slot, _mpfile.meta_payload(_meta(metric, "counter", ())))
 
     @staticmethod
-    def check_states(states: Iterable[Any]) -> None:
-        if len(list(states)) > _mpfile.MAX_STATES:
-            raise ValueError(f"fastmetrics multiprocess mode supports at most {_mpfile.MAX_STATES} enum states")
+    def check_strings(what: str, strings: Iterable[Any]) -> None:
+        """ValueError naming the first of ``strings`` that is not valid UTF-8
+        (a lone surrogate, as ``os.fsdecode`` makes of a non-UTF-8 byte): the
+        files hold UTF-8 and an exporter must encode what it reads.  Called
+        before anything is allocated or written; non-strings are left to
+        prometheus_client."""
+        for s in strings:
+            if isinstance(s, str):
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{what} {s!r} is not valid UTF-8 (a lone surrogate); "
+                                     "multiprocess mode stores and serves UTF-8 only") from None
+
+    def check_labelvalues(self, values: Iterable[str]) -> None:
+        """Before a labelled child is created: see :meth:`check_strings`."""
+        self.check_strings("label value", values)
+
+    def check_states(self, states: Iterable[Any]) -> None:
+        """Before an enum value is created: at most :attr:`max_states` states
+        (the state shares its word with a wall-clock stamp), valid UTF-8."""
+        states = [str(s) for s in states]
+        if len(states) > self.max_states:
+            raise ValueError(f"fastmetrics multiprocess mode supports at most {self.max_states} enum states")
+        self.check_strings("enum state", states)
 
     def enum_created(self, metric: Any) -> None:
         states = tuple(str(s) for s in metric._states)
@@ -170,7 +212,9 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
     missing and exported in that variable so spawned children follow.
     ``capacity`` (default 64 MiB, or ``$FASTMETRICS_MULTIPROC_CAPACITY``) is
     the size reserved for each process file, sparse: a thread's first
-    increment of every 512 slots takes 4 KiB of it.
+    increment of every 512 slots takes 4 KiB of it.  ``ValueError`` if it is
+    under 64 KiB, not a multiple of the page size, over 1 TiB, or more than
+    the file system or address space allows (the message names the setting).
 
     Must run before any metric is created (``RuntimeError`` otherwise);
     calling it again with the same directory is a no-op, with another one a
@@ -184,14 +228,19 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
     if not path:
         raise ValueError(f"no directory given and {ENV_DIR} is not set")
     path = os.path.abspath(path)
+    setting = "capacity"
     if capacity is None:
         raw = os.environ.get(ENV_CAPACITY)
         try:
             capacity = int(raw) if raw else DEFAULT_CAPACITY
         except ValueError:
             raise ValueError(f"{ENV_CAPACITY} must be a number of bytes, not {raw!r}") from None
+        setting = ENV_CAPACITY
     if capacity < 64 * 1024 or capacity % mmap.PAGESIZE:
         raise ValueError(f"capacity must be a multiple of {mmap.PAGESIZE} bytes, at least 64 KiB")
+    if capacity > MAX_CAPACITY:
+        raise ValueError(f"{setting}={capacity} is more than 1 TiB ({MAX_CAPACITY} bytes), "
+                         "the largest process file")
     with _enable_lock:
         if _recorder is not None:
             if _recorder.directory != path:
@@ -223,63 +272,109 @@ def directory() -> Optional[str]:
 
 class _DirLock:
     """``flock`` on ``<dir>/.lock``: scrapes share it, compaction holds it alone,
-    so a scrape never sees a file both in the archive and on its own."""
+    so a scrape never sees a file both in the archive and on its own.
+
+    Never raises: ``held`` says whether the lock was taken, and ``problem``
+    why not when that is a fault (a ``.lock`` that is a directory, say), not
+    contention.  A scrape reads anyway, compaction skips.  In a read-only
+    directory a scrape reads without the lock and no problem: no writer can
+    be compacting there."""
 
     def __init__(self, path: str, exclusive: bool, blocking: bool = True) -> None:
         self.path, self.exclusive, self.blocking = os.path.join(path, _mpfile.LOCK_NAME), exclusive, blocking
         self.fd = -1
+        self.held = False
+        self.problem: Optional[str] = None
 
-    def __enter__(self) -> bool:
+    def __enter__(self) -> "_DirLock":
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError:   # a read-only directory: no writer can be compacting
-            if self.exclusive:
-                raise
-            return True
-        op = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.blocking else fcntl.LOCK_NB)
-        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644)
+            op = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.blocking else fcntl.LOCK_NB)
             fcntl.flock(self.fd, op)
-            return True
+            self.held = True
         except BlockingIOError:
-            return False
+            pass   # another process holds it
+        except OSError as e:
+            if self.exclusive or not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
+                self.problem = f"cannot lock the directory: {e}; " + (
+                    "compaction skipped" if self.exclusive else "read without the lock")
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd >= 0:
             os.close(self.fd)   # drops the lock
 
 
-def _is_live(path: str) -> bool:
-    """Whether the file's owner is alive (it holds an exclusive flock)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        return _mpfile.locked_by_other(fd)
-    finally:
-        os.close(fd)
+class _Owned(Protocol):
+    """A file as known by its path and header."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def uid(self) -> bytes: ...
+
+
+_F = TypeVar("_F", bound=_Owned)
+
+
+def _one_per_uid(files: List[_F]) -> List[Tuple[_F, List[_F]]]:
+    """``files`` grouped by uid, as (the file kept, its copies), in order.  A
+    uid names one process's file, so files sharing one are copies: the one
+    named after its own header (``<pid>-<uid>.fm``) is kept, else the first."""
+    groups: Dict[bytes, List[_F]] = {}
+    for f in files:
+        groups.setdefault(f.uid, []).append(f)
+    result = []
+    for group in groups.values():
+        kept = next((f for f in group if os.path.basename(f.path) == _mpfile.process_file_name(f.pid, f.uid)),
+                    group[0])
+        result.append((kept, [f for f in group if f is not kept]))
+    return result
+
+
+def _copy_reason(kept: _Owned) -> str:
+    return f"same uid as {kept.path}: a copy, counted once"
 
 
 def _process_files(path: str) -> List[str]:
     return sorted(name for name in os.listdir(path) if _mpfile.is_process_file(name))
 
 
+def _expect(pf: ParsedFile, archive: bool) -> ParsedFile:
+    """``pf`` if it is the kind of file its name says (CorruptFile if not)."""
+    if pf.archive != archive:
+        raise CorruptFile("an archive under a process file's name" if pf.archive
+                          else "a process file under the archive's name")
+    return pf
+
+
+def _read_archive(path: str, reader: Optional[_mpfile.Reader] = None) -> Optional[ParsedFile]:
+    """The archive of directory ``path``, or None if there is none."""
+    pf = _mpfile.parse_optional(os.path.join(path, _mpfile.ARCHIVE_NAME), reader)
+    return _expect(pf, archive=True) if pf is not None else None
+
+
 class Snapshot(NamedTuple):
     """What :func:`read_directory` found: the folded series and the skipped files."""
 
     counters: Dict[SeriesKey, float]
-    enums: Dict[Tuple[SeriesKey, Optional[int]], int]   # (series, pid or None) -> word
-    families: Dict[str, Meta]                            # name -> the newest metadata
-    skipped: List[Tuple[str, str]]                       # (path, reason)
+    enums: Dict[Tuple[SeriesKey, Optional[int]], EnumValue]   # (series, pid or None) -> state
+    families: Dict[str, Meta]                                  # name -> the newest metadata
+    skipped: List[Tuple[str, str]]                             # (path, reason)
     files: int
 
 
 def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.Reader] = None) -> Snapshot:
     """Fold the archive and every process file in ``path``.  Counters are
     summed; enums are per live process (``pid``) or the most recent state
-    (``mostrecent``).  Invalid files are skipped and listed, never raised.
-    A ``reader`` kept between calls (not shared by threads) makes a repeated
-    read walk only the records appended since the previous one."""
+    (``mostrecent``).  What cannot be read is skipped and listed, never
+    raised: entries that are not regular files or cannot be opened, invalid
+    files, copies of a file (same uid: counted once), and single series with
+    invalid metadata or values.  A ``reader`` kept between calls (not shared
+    by threads) makes a repeated read walk only the records appended since
+    the previous one."""
     if enum_mode not in ENUM_MODES:
         raise ValueError(f"enum_mode must be one of {ENUM_MODES}, not {enum_mode!r}")
     if reader is None:
@@ -289,38 +384,42 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
         finally:
             reader.close()
     skipped: List[Tuple[str, str]] = []
-    parsed: List[Tuple[ParsedFile, bool]] = []   # (file, owner alive)
+    files: List[ParsedFile] = []
     archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
-    with _DirLock(path, exclusive=False):
+    with _DirLock(path, exclusive=False) as lock:
+        if lock.problem:
+            skipped.append((lock.path, lock.problem))
         archive: Optional[ParsedFile] = None
         try:
-            archive = _mpfile.parse_optional(archive_path, reader)
+            archive = _read_archive(path, reader)
         except (CorruptFile, OSError) as e:
             skipped.append((archive_path, str(e)))
         absorbed = archive.absorbed if archive is not None else set()
         for name in _process_files(path):
             file_path = os.path.join(path, name)
             try:
-                pf = reader.read(file_path, probe_live=enum_mode == "pid")
-                if pf.archive:
-                    raise CorruptFile("an archive under a process file's name")
+                pf = _expect(reader.read(file_path, probe_live=enum_mode == "pid"), archive=False)
             except FileNotFoundError:
                 continue
             except (CorruptFile, OSError) as e:
                 skipped.append((file_path, str(e)))
                 continue
-            if pf.uid in absorbed:
-                continue   # folded into the archive; deletion is pending
-            parsed.append((pf, bool(pf.live)))
+            if pf.uid not in absorbed:   # else folded into the archive; deletion is pending
+                files.append(pf)
     reader.sweep()
-    parsed.sort(key=lambda item: -item[0].created_ns)   # newest first: its metadata wins
+    parsed: List[ParsedFile] = []
+    for kept, copies in _one_per_uid(files):
+        parsed.append(kept)
+        skipped += [(copy.path, _copy_reason(kept)) for copy in copies]
+    parsed.sort(key=lambda pf: -pf.created_ns)   # newest first: its metadata wins
     if archive is not None:
-        parsed.append((archive, False))
+        parsed.append(archive)
 
     counters: Dict[SeriesKey, float] = {}
-    enums: Dict[Tuple[SeriesKey, Optional[int]], int] = {}
+    enums: Dict[Tuple[SeriesKey, Optional[int]], EnumValue] = {}
     families: Dict[str, Meta] = {}
-    for pf, live in parsed:
+    for pf in parsed:
+        skipped += [(pf.path, problem) for problem in pf.problems]
         mismatched: Set[str] = set()
         for key, meta in pf.metas.items():
             family = families.setdefault(meta.name, meta)
@@ -331,12 +430,12 @@ def read_directory(path: str, enum_mode: str = "pid", reader: Optional[_mpfile.R
             if meta.type == "counter":
                 counters[key] = counters.get(key, 0.0) + pf.counters[key]
             elif enum_mode == "pid":
-                if live:
+                if pf.live:
                     enums[(key, pf.pid)] = pf.enums[key]
             else:
-                word, best = pf.enums[key], enums.get((key, None))
-                if best is None or (word >> _mpfile.STATE_BITS) > (best >> _mpfile.STATE_BITS):
-                    enums[(key, None)] = word
+                enum, best = pf.enums[key], enums.get((key, None))
+                if best is None or enum.stamp_ns > best.stamp_ns:
+                    enums[(key, None)] = enum
         for name in sorted(mismatched):
             skipped.append((pf.path, f"{name}: type, labels or states differ from the newest file; series skipped"))
     return Snapshot(counters, enums, families, skipped, len(parsed))
@@ -350,14 +449,14 @@ def _families(snapshot: Snapshot) -> List[Metric]:
     for (name, values), value in sorted(snapshot.counters.items()):
         meta = snapshot.families[name]
         by_name[name].samples.append(Sample(name + "_total", dict(zip(meta.labelnames, values)), value, None, None))
-    for ((name, values), pid), word in sorted(snapshot.enums.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    for ((name, values), pid), enum in sorted(snapshot.enums.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         meta = snapshot.families[name]
         labels = dict(zip(meta.labelnames, values))
         if pid is not None:
             labels["pid"] = str(pid)
-        current = word & (_mpfile.MAX_STATES - 1)
         for i, state in enumerate(meta.states):
-            by_name[name].samples.append(Sample(name, dict(labels, **{name: state}), 1 if i == current else 0, None, None))
+            by_name[name].samples.append(Sample(name, dict(labels, **{name: state}), 1 if i == enum.index else 0,
+                                                None, None))
     return [m for m in by_name.values() if m.samples]
 
 
@@ -375,9 +474,11 @@ class MultiProcessCollector(Collector):
     exposed per live process with a ``pid`` label (``enum_mode="pid"``), or as
     the state set most recently in any process (``"mostrecent"``, by wall
     clock, exited processes included).  Unless ``compact=False``, each scrape
-    first folds the files of exited processes into the archive.  Files that
-    fail validation are skipped, logged once, and listed in ``skipped``.
-    Thread-safe; a scrape is O(files + series).
+    first folds the files of exited processes into the archive.  Whatever the
+    directory holds, a scrape does not raise: what cannot be read (invalid
+    files, single invalid series, copies, entries that are not regular files,
+    a lock that cannot be taken) is skipped, logged once, and listed in
+    ``skipped``.  Thread-safe; a scrape is O(files + series).
     """
 
     def __init__(self, registry: Optional[CollectorRegistry], path: Optional[str] = None, *,
@@ -408,7 +509,7 @@ class MultiProcessCollector(Collector):
                 except OSError as e:   # e.g. a read-only directory: still serve what is there
                     skipped.append((self._path, f"compaction failed: {e}"))
             snapshot = read_directory(self._path, self._enum_mode, self._reader)
-            self.skipped = skipped + snapshot.skipped
+            self.skipped = list(dict.fromkeys(skipped + snapshot.skipped))   # both may report a copy
             for item in self.skipped:
                 if item not in self._reported:
                     self._reported.add(item)
@@ -419,8 +520,8 @@ class MultiProcessCollector(Collector):
 class CompactionResult(NamedTuple):
     absorbed: int                    # exited processes' files folded in this time
     removed: int                     # files deleted
-    skipped: List[Tuple[str, str]]   # (path, reason): invalid files set aside
-    ran: bool                        # False when another process was compacting
+    skipped: List[Tuple[str, str]]   # (path, reason): entries left out, invalid files set aside
+    ran: bool                        # False when another process was compacting, or the lock failed
 
 
 def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionResult:
@@ -429,82 +530,129 @@ def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionR
     Crash-safe: the new archive (which lists the uids it absorbed) replaces the
     old one atomically before any file is deleted, and readers ignore a file
     whose uid the archive lists.  An invalid exited file is renamed to
-    ``*.corrupt`` and reported.  With ``blocking=False`` it returns at once
-    (``ran=False``) if another process is compacting.
+    ``*.corrupt``; a series of it with invalid metadata or values is left out
+    and the rest folded; an entry that is not a regular file or cannot be
+    opened is left in place; copies of a file (same uid) are folded once, and
+    never while a file with their uid is live.  All of these are reported in
+    ``skipped``.  With ``blocking=False`` it returns at once (``ran=False``)
+    if another process is compacting.  ``OSError`` if the archive cannot be
+    written.
     """
     path = path or os.environ.get(ENV_DIR)
     if not path:
         raise ValueError(f"no directory given and {ENV_DIR} is not set")
     skipped: List[Tuple[str, str]] = []
-    with _DirLock(path, exclusive=True, blocking=blocking) as locked:
-        if not locked:
+    with _DirLock(path, exclusive=True, blocking=blocking) as lock:
+        if not lock.held:
+            if lock.problem:
+                skipped.append((lock.path, lock.problem))
             return CompactionResult(0, 0, skipped, False)
         names = _process_files(path)
-        dead: List[Tuple[str, int]] = []   # (path, fd holding its lock)
+        reader = _mpfile.Reader()
+        locks: List[int] = []   # descriptors holding exited files' locks until they are deleted
         try:
-            for name in names:
-                file_path = os.path.join(path, name)
-                try:
-                    fd = os.open(file_path, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)   # its owner is alive
-                    continue
-                dead.append((file_path, fd))
+            entries = _survey(path, names, reader, locks, skipped)
             _remove_stale_temps(path)
-            if not dead:
+            if not any(entry.parsed is not None for entry in entries):
                 return CompactionResult(0, 0, skipped, True)
-            return _fold_into_archive(path, names, dead, skipped)
+            return _fold_into_archive(path, names, entries, skipped)
         finally:
-            for _, fd in dead:
+            reader.close()
+            for fd in locks:
                 os.close(fd)
 
 
-def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
+class _Entry(NamedTuple):
+    """A process file as compaction found it."""
+
+    path: str
+    pid: int
+    uid: bytes
+    parsed: Optional[ParsedFile]   # an exited process's file, read under its lock; None: live
+
+
+def _survey(path: str, names: List[str], reader: _mpfile.Reader, locks: List[int],
+            skipped: List[Tuple[str, str]]) -> List[_Entry]:
+    """The process files ``names`` that can be opened: live ones by their
+    header, exited ones read in full under their lock (kept in ``locks``).
+    An exited file that is invalid is renamed ``*.corrupt``; an entry that
+    cannot be opened or read is left in place; both are reported."""
+    entries = []
+    for name in names:
+        file_path = os.path.join(path, name)
+        try:
+            fd, st = _mpfile.open_entry(file_path)
+        except FileNotFoundError:
+            continue
+        except (CorruptFile, OSError) as e:
+            skipped.append((file_path, f"{e}; left in place"))
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:   # its owner is alive
+            try:
+                head = _mpfile.read_header(fd)
+                entries.append(_Entry(file_path, head.pid, head.uid, None))
+            except (CorruptFile, OSError):
+                pass   # a live file's problem: scrapes report it
+            finally:
+                os.close(fd)
+            continue
+        locks.append(fd)
+        try:
+            pf = _expect(reader.read_open(file_path, fd, st), archive=False)
+        except CorruptFile as e:
+            _set_aside(file_path, str(e), skipped)
+            continue
+        except OSError as e:
+            skipped.append((file_path, f"{e}; left in place"))
+            continue
+        entries.append(_Entry(file_path, pf.pid, pf.uid, pf))
+    return entries
+
+
+def _set_aside(file_path: str, reason: str, skipped: List[Tuple[str, str]]) -> None:
+    """Rename an invalid exited file ``*.corrupt``, reported."""
+    try:
+        os.replace(file_path, file_path + ".corrupt")
+        skipped.append((file_path, f"{reason}; moved to {os.path.basename(file_path)}.corrupt"))
+    except OSError as e:
+        skipped.append((file_path, f"{reason}; cannot move it aside: {e}"))
+
+
+def _fold_into_archive(path: str, names: List[str], entries: List[_Entry],
                        skipped: List[Tuple[str, str]]) -> CompactionResult:
     archive_path = os.path.join(path, _mpfile.ARCHIVE_NAME)
     try:
-        archive = _mpfile.parse_optional(archive_path)
+        archive = _read_archive(path)
     except CorruptFile as e:
         aside = f"{archive_path}.corrupt-{time.time_ns()}"
         os.replace(archive_path, aside)
         skipped.append((archive_path, f"{e}; moved to {os.path.basename(aside)}"))
         archive = None
+    except OSError as e:   # its counts cannot be carried over: fold nothing
+        skipped.append((archive_path, f"{e}; compaction skipped"))
+        return CompactionResult(0, 0, skipped, True)
     counters = dict(archive.counters) if archive else {}
     enums = dict(archive.enums) if archive else {}
     metas = dict(archive.metas) if archive else {}
+    if archive:
+        skipped += [(archive_path, f"{problem}; dropped from the archive") for problem in archive.problems]
     old_absorbed = archive.absorbed if archive else set()
-    present = {bytes.fromhex(name.rsplit("-", 1)[-1][:-len(_mpfile.SUFFIX)]) for name in names
-               if _looks_like_uid(name)}
+    present = {entry.uid for entry in entries} | {uid for uid in map(_mpfile.uid_of_name, names) if uid}
     absorbed = old_absorbed & present
+    live = {entry.uid for entry in entries if entry.parsed is None}
+    folded = 0
     to_delete: List[str] = []
-    for file_path, _fd in dead:
-        try:
-            pf = _mpfile.read(file_path)
-            if pf.archive:
-                raise CorruptFile("an archive under a process file's name")
-        except (CorruptFile, OSError) as e:
-            os.replace(file_path, file_path + ".corrupt")
-            skipped.append((file_path, f"{e}; moved to {os.path.basename(file_path)}.corrupt"))
-            continue
-        to_delete.append(file_path)
-        if pf.uid in old_absorbed:
-            continue   # folded by an earlier compaction that stopped before deleting it
-        absorbed.add(pf.uid)
-        for key, meta in pf.metas.items():
-            known = metas.setdefault(key, meta)
-            if (known.type, known.labelnames, known.states) != (meta.type, meta.labelnames, meta.states):
-                skipped.append((file_path, f"{meta.name}: type, labels or states differ from the archive; dropped"))
-                continue
-            if meta.type == "counter":
-                counters[key] = counters.get(key, 0.0) + pf.counters[key]
-            else:
-                word, best = pf.enums[key], enums.get(key)
-                if best is None or (word >> _mpfile.STATE_BITS) >= (best >> _mpfile.STATE_BITS):
-                    enums[key] = word
+    for kept, copies in _one_per_uid(entries):
+        skipped += [(copy.path, _copy_reason(kept)) for copy in copies]
+        if kept.uid in live:
+            continue   # a live process still writes to a file with this uid
+        if kept.uid not in old_absorbed:   # else folded by a compaction that stopped before deleting it
+            _fold_file(kept.parsed, counters, enums, metas, skipped)  # type: ignore[arg-type]  # not live: read
+            absorbed.add(kept.uid)
+            folded += 1
+        to_delete += [entry.path for entry in (kept, *copies)]
     if to_delete:
         # A new uid per archive: readers that remember a file by its inode
         # tell a new archive from an old one by the header (inodes are reused).
@@ -515,27 +663,48 @@ def _fold_into_archive(path: str, names: List[str], dead: List[Tuple[str, int]],
             os.unlink(file_path)
         except FileNotFoundError:
             pass
-    return CompactionResult(len(to_delete), len(to_delete), skipped, True)
+        except OSError as e:   # folded: readers skip it until a later compaction deletes it
+            skipped.append((file_path, f"folded but not deleted: {e}"))
+    return CompactionResult(folded, len(to_delete), skipped, True)
 
 
-def _looks_like_uid(name: str) -> bool:
-    stem = name[:-len(_mpfile.SUFFIX)]
-    tail = stem.rsplit("-", 1)[-1]
-    return len(tail) == 32 and all(c in "0123456789abcdef" for c in tail)
+def _fold_file(pf: ParsedFile, counters: Dict[SeriesKey, float], enums: Dict[SeriesKey, EnumValue],
+               metas: Dict[SeriesKey, Meta], skipped: List[Tuple[str, str]]) -> None:
+    """Add an exited process's file to the archive's series."""
+    skipped += [(pf.path, f"{problem}; left out of the archive") for problem in pf.problems]
+    for key, meta in pf.metas.items():
+        known = metas.setdefault(key, meta)
+        if (known.type, known.labelnames, known.states) != (meta.type, meta.labelnames, meta.states):
+            skipped.append((pf.path, f"{meta.name}: type, labels or states differ from the archive; dropped"))
+            continue
+        if meta.type == "counter":
+            counters[key] = counters.get(key, 0.0) + pf.counters[key]
+        else:
+            enum, best = pf.enums[key], enums.get(key)
+            if best is None or enum.stamp_ns >= best.stamp_ns:
+                enums[key] = enum
 
 
 def _remove_stale_temps(path: str) -> None:
-    """Delete temp files left by a process that died while creating its file."""
+    """Delete temp files left by a process that died while creating its file:
+    old, and nobody holds their lock.  Entries that are not regular files or
+    cannot be opened or deleted are left alone (they hold no counts)."""
     now = time.time()
     for name in os.listdir(path):
-        if name.startswith(".") and name.endswith(".tmp"):
-            file_path = os.path.join(path, name)
-            try:
-                if now - os.stat(file_path).st_mtime > STALE_TEMP_SECONDS and not _is_live(file_path):
-                    os.unlink(file_path)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    raise
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        file_path = os.path.join(path, name)
+        try:
+            fd, st = _mpfile.open_entry(file_path)
+        except (CorruptFile, OSError):
+            continue
+        try:
+            if now - st.st_mtime > STALE_TEMP_SECONDS and not _mpfile.locked_by_other(fd):
+                os.unlink(file_path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _enable_from_environment() -> None:
