@@ -97,17 +97,22 @@ if not _flag("FASTMETRICS_NO_EXTENSIONS"):
     link_args = _sanitize_args()
     if link_args:   # after the -O above: the sanitizer's -O1 wins (-O0 if debug)
         compile_args += [a for a in link_args if not (debug and a == "-O1")]
+    headers = [f"src/fastmetrics/{h}" for h in ("_atomics.h", "_shards.h", "_arena.h", "_pydict.h")]
+    stamp = _flags_stamp(compile_args + ["link:"] + link_args)
     ext_modules = cythonize(
         [
             Extension(
-                "fastmetrics._core_c",
-                ["src/fastmetrics/_core_c.pyx"],
+                f"fastmetrics.{name}",
+                [f"src/fastmetrics/{name}.pyx"],
                 include_dirs=["src/fastmetrics"],
                 extra_compile_args=compile_args,
                 extra_link_args=link_args,
-                depends=[_flags_stamp(compile_args + ["link:"] + link_args)],
+                depends=[stamp, *headers],
             )
+            # the shard store and hot path; name -> metric dispatch over it
+            for name in ("_core_c", "_dispatch_c")
         ],
+        include_path=["src"],   # `from fastmetrics._core_c cimport ...`
         annotate=_flag("FASTMETRICS_CYTHON_ANNOTATE"),
         compiler_directives={"language_level": "3", "freethreading_compatible": True},
     )

@@ -59,7 +59,7 @@ def _load(name: str) -> Impl:
         core = _core_py
     else:
         core = importlib.import_module("fastmetrics._core_c")
-    counter, enum = metrics._classes_for(core)
+    counter, enum = metrics.classes_for(core)
     return Impl(name, core, counter, enum)
 
 

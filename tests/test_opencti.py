@@ -80,7 +80,7 @@ def family_names() -> List[str]:
 
 
 def handler_class(impl: Any) -> Any:
-    return opencti._handler_class_for(impl.core)
+    return opencti.handler_class_for(impl.core)
 
 
 def scrape(port: int, openmetrics: bool = False, host: str = "127.0.0.1") -> Tuple[str, str]:
@@ -115,15 +115,15 @@ def run_python(code: str, *args: str) -> Any:
 def test_public_names() -> None:
     assert fastmetrics.OpenCTIMetricHandler is opencti.OpenCTIMetricHandler
     assert "OpenCTIMetricHandler" in fastmetrics.__all__
-    assert opencti._handler_class_for(_core) is opencti.OpenCTIMetricHandler
-    assert opencti.OpenCTIMetricHandler.__mro__[1] is _core.HandlerCore
+    assert opencti.handler_class_for(_core) is opencti.OpenCTIMetricHandler
+    assert opencti.OpenCTIMetricHandler.__mro__[1] is _core.Dispatcher
 
 
 def test_class_per_implementation(impl: Any) -> None:
     cls = handler_class(impl)
-    assert cls is opencti._handler_class_for(impl.core)
+    assert cls is opencti.handler_class_for(impl.core)
     assert cls.__name__ == "OpenCTIMetricHandler"
-    assert cls.__mro__[1] is impl.core.HandlerCore
+    assert cls.__mro__[1] is _core.dispatch_for(impl.core).Dispatcher
     assert issubclass(cls._counter_class, impl.core.CounterCore)
     assert issubclass(cls._enum_class, impl.core.EnumCore)
 
@@ -548,7 +548,7 @@ from prometheus_client import REGISTRY, generate_latest
 from fastmetrics import opencti, _core_py
 import importlib
 core = _core_py if sys.argv[1] == "python" else importlib.import_module("fastmetrics._core_c")
-Handler = opencti._handler_class_for(core)
+Handler = opencti.handler_class_for(core)
 
 class Logger:
     def __init__(self): self.calls = []

@@ -52,7 +52,7 @@ if cfg["side"] == "pycti":
     extra = {}
 else:
     core = importlib.import_module({"c": "fastmetrics._core_c", "python": "fastmetrics._core_py"}[cfg["side"]])
-    Handler = fastmetrics.opencti._handler_class_for(core)
+    Handler = fastmetrics.opencti.handler_class_for(core)
     extra = {"addr": "127.0.0.1"}
 
 

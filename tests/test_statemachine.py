@@ -18,10 +18,10 @@ from fastmetrics import _core_py, metrics
 
 
 def _implementations():
-    impls = [("python", metrics._classes_for(_core_py))]
+    impls = [("python", metrics.classes_for(_core_py))]
     disabled = os.environ.get("FASTMETRICS_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes", "on")
     if not disabled:
-        impls.append(("c", metrics._classes_for(importlib.import_module("fastmetrics._core_c"))))
+        impls.append(("c", metrics.classes_for(importlib.import_module("fastmetrics._core_c"))))
     return impls
 
 

@@ -372,7 +372,7 @@ class Subjects:
         if candidate == PROM:
             return PromCounter, PromEnum
         if candidate in (FM_C, FM_PY):
-            return metrics._classes_for(self.core(candidate))
+            return metrics.classes_for(self.core(candidate))
         raise Unavailable(f"{candidate} has no Counter/Enum")
 
     # -- metric subjects -----------------------------------------------------
@@ -453,7 +453,7 @@ class Subjects:
                 opencti = importlib.import_module("fastmetrics.opencti")
             except ImportError as exc:
                 raise Unavailable(f"fastmetrics.opencti not importable ({exc})") from None
-            return opencti._handler_class_for(core)  # type: ignore[no-any-return]
+            return opencti.handler_class_for(core)  # type: ignore[no-any-return]
         raise Unavailable(f"{candidate} has no OpenCTIMetricHandler")
 
     @staticmethod

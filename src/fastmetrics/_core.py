@@ -1,22 +1,65 @@
-"""Selects the implementation: the Cython extension, or the pure-Python twin
-when ``FASTMETRICS_NO_EXTENSIONS`` is on (1/true/yes) or the extension is not built."""
+"""Selects the implementation: the Cython extensions, or the pure-Python twins
+when ``FASTMETRICS_NO_EXTENSIONS`` is on (1/true/yes) or the extension is not
+built.  Type checkers always see the twins, whose signatures are the contract.
+
+- ``core``: the shard store and the hot path (``_core_c`` / ``_core_py``);
+- ``dispatch``: name -> metric dispatch (``_dispatch_c`` / ``_dispatch_py``);
+- ``arena()``: the multiprocess arena writer (``_core_c`` / ``_arena_py``),
+  imported on first use (only multiprocess mode needs it).
+"""
+
+from __future__ import annotations
 
 import os
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-__all__ = ["CounterCore", "EnumCore", "HandlerCore", "core", "implementation", "stats"]
+__all__ = ["CounterCore", "Dispatcher", "EnumCore", "arena", "core", "dispatch", "dispatch_for", "implementation",
+           "stats"]
 
 
 def _extensions_disabled() -> bool:
     return os.environ.get("FASTMETRICS_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-if not _extensions_disabled():
-    try:
-        from . import _core_c as core
-    except ImportError:  # not compiled on this platform
-        from . import _core_py as core
+if TYPE_CHECKING:
+    from . import _core_py as core
+    from . import _dispatch_py as dispatch
+    from ._core_py import CounterCore, EnumCore
+    from ._dispatch_py import Dispatcher
 else:
-    from . import _core_py as core  # type: ignore[no-redef]
+    if not _extensions_disabled():
+        try:
+            from . import _core_c as core
+            from . import _dispatch_c as dispatch
+        except ImportError:  # not compiled on this platform
+            from . import _core_py as core
+            from . import _dispatch_py as dispatch
+    else:
+        from . import _core_py as core
+        from . import _dispatch_py as dispatch
+    CounterCore, EnumCore, Dispatcher = core.CounterCore, core.EnumCore, dispatch.Dispatcher
 
-CounterCore, EnumCore, HandlerCore = core.CounterCore, core.EnumCore, core.HandlerCore
-implementation, stats = core.implementation, core.stats
+implementation: str = core.implementation
+stats = core.stats
+
+
+def dispatch_for(core_module: ModuleType) -> ModuleType:
+    """The dispatch module that goes with ``core_module`` (for tests and
+    benchmarks that run both implementations in one process)."""
+    if core_module.implementation == "cython":
+        from . import _dispatch_c
+
+        return _dispatch_c
+    from . import _dispatch_py
+
+    return _dispatch_py
+
+
+def arena() -> ModuleType:
+    """The multiprocess arena writer of the selected implementation."""
+    if core.implementation == "cython":
+        return core
+    from . import _arena_py
+
+    return _arena_py

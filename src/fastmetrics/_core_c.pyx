@@ -18,9 +18,7 @@ cdef extern from "_shards.h":
     ctypedef struct fm_stats_t:
         Py_ssize_t shards_total, shards_live, chunks, slots_used, slots_free
     Py_ssize_t FM_MAX_SLOTS
-    int FM_STATE_BITS
-    int fm_mp
-    int fm_arena_errno
+    const void *fm_provider_active
     int fm_init()
     int fm_add(const Py_ssize_t *slot_ref, double amount) nogil
     void fm_quiesce() nogil
@@ -32,38 +30,17 @@ cdef extern from "_shards.h":
     int fm_words_ensure(Py_ssize_t slot) nogil
     void fm_word_set(Py_ssize_t slot, Py_ssize_t index) nogil
     Py_ssize_t fm_word_get(Py_ssize_t slot) nogil
-    int fm_mp_enable() nogil
-    int fm_arena_attach(char *base, long long cap, int fd) nogil
-    void fm_arena_detach() nogil
-    int fm_arena_record(unsigned int kind, long long arg, const void *data, unsigned int length) nogil
     Py_ssize_t fm_load_ssize(const Py_ssize_t *p) nogil
     void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
     Py_ssize_t fm_exchange_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
 
 
+cdef extern from "_pydict.h":
+    object fm_dict_get(object d, object key)
+
+
 cdef extern from *:
     """
-    /* New reference to d[key], a new reference to None when missing, NULL on
-     * error.  Uses PyDict_GetItemRef where it exists: a borrowed reference is
-     * not safe against a concurrent delete on free-threaded builds. */
-    static PyObject *fm_dict_get(PyObject *d, PyObject *key) {
-    #if PY_VERSION_HEX >= 0x030D0000
-        PyObject *res = NULL;
-        int rc = PyDict_GetItemRef(d, key, &res);
-        if (rc < 0) return NULL;
-        if (rc == 0) { Py_INCREF(Py_None); return Py_None; }
-        return res;
-    #else
-        PyObject *res = PyDict_GetItemWithError(d, key);
-        if (res == NULL) {
-            if (PyErr_Occurred()) return NULL;
-            res = Py_None;
-        }
-        Py_INCREF(res);
-        return res;
-    #endif
-    }
-
     /* labels(): METH_FASTCALL|METH_KEYWORDS entry point forwarding to a Cython
      * function, installed into MetricCore's type dict at import. */
     typedef PyObject *(*fm_fastcall_impl)(PyObject *, PyObject **, Py_ssize_t, PyObject *);
@@ -105,7 +82,6 @@ cdef extern from *:
         return t;
     }
     """
-    object fm_dict_get(object d, object key)
     ctypedef object (*fm_fastcall_impl)(object, PyObject **, Py_ssize_t, object)
     int fm_install_labels(object type, fm_fastcall_impl impl) except -1
     tuple fm_tuple_from_array(PyObject **items, Py_ssize_t n)
@@ -113,7 +89,6 @@ cdef extern from *:
 
 implementation = "cython"
 MAX_SLOTS = FM_MAX_SLOTS
-STATE_BITS = FM_STATE_BITS   # multiprocess enum word: index | (stamp_ms << STATE_BITS)
 
 cdef str _NEGATIVE = "Counters can only be incremented by non-negative amounts."
 
@@ -216,7 +191,7 @@ fm_install_labels(MetricCore, _labels_impl)
 
 cdef int _raise_no_chunk() except -1:
     """The error of an increment whose thread could not get a chunk (cold path)."""
-    if fm_mp:
+    if fm_provider_active != NULL:
         _raise_arena_error()
     raise MemoryError("fastmetrics: cannot allocate a counter chunk")
 
@@ -375,103 +350,6 @@ cdef class EnumCore(MetricCore):
         return self._slot
 
 
-cdef class HandlerCore:
-    """Name-dispatch hot path of the OpenCTI handler.
-
-    ``inc(name, n)`` / ``state(s, name)`` look the name up in a dict built at
-    construction and update the metric directly; a name that is not there, or
-    not of the right kind, goes to ``self._inc_miss`` / ``self._state_miss``.
-    """
-    cdef object _counter_map
-    cdef object _enum_map
-    cdef PyObject *_counter_names[8]  # identity caches over the maps' first entries;
-    cdef PyObject *_counters[8]       # the maps own the references
-    cdef Py_ssize_t _ncounters
-    cdef PyObject *_enum_names[8]
-    cdef PyObject *_enums[8]
-    cdef Py_ssize_t _nenums
-    cdef object _activated
-    cdef Py_ssize_t _on               # truth of ``activated``; relaxed atomic
-
-    def __cinit__(self, *args, **kwargs):
-        self._counter_map = None
-        self._enum_map = None
-        self._ncounters = 0
-        self._nenums = 0
-        self._activated = False
-        self._on = 0
-
-    # The object field is only touched under the object's critical section
-    # (a per-object lock on free-threaded builds, nothing with the GIL); the
-    # hot path reads only the C flag.
-    @property
-    @cython.critical_section
-    def activated(self):
-        return self._activated
-
-    @activated.setter
-    @cython.critical_section
-    def activated(self, value):
-        self._activated = value
-        fm_store_ssize(&self._on, 1 if value else 0)
-
-    def _set_dispatch(self, counters, enums):
-        """Install the name -> metric maps.  Call once, before the handler is
-        shared: the maps are never mutated afterwards."""
-        if self._counter_map is not None:
-            raise RuntimeError("dispatch maps are already installed")
-        cdef Py_ssize_t i = 0
-        self._counter_map = dict(counters)
-        self._enum_map = dict(enums)
-        for name, counter in self._counter_map.items():
-            if not isinstance(counter, CounterCore):
-                raise TypeError("counters must be fastmetrics counters")
-            if i < 8:
-                self._counter_names[i] = <PyObject *>name
-                self._counters[i] = <PyObject *>counter
-                i += 1
-        self._ncounters = i
-        i = 0
-        for name, enum in self._enum_map.items():
-            if not isinstance(enum, EnumCore):
-                raise TypeError("enums must be fastmetrics enums")
-            if i < 8:
-                self._enum_names[i] = <PyObject *>name
-                self._enums[i] = <PyObject *>enum
-                i += 1
-        self._nenums = i
-
-    def inc(self, name, n=1):
-        cdef Py_ssize_t i
-        if not fm_load_ssize(&self._on):
-            return
-        for i in range(self._ncounters):
-            if self._counter_names[i] == <PyObject *>name:
-                (<CounterCore>self._counters[i])._add(n)
-                return
-        if self._counter_map is not None:
-            counter = fm_dict_get(self._counter_map, name)
-            if counter is not None:
-                (<CounterCore>counter)._add(n)
-                return
-        self._inc_miss(name, n)
-
-    def state(self, state, name="state"):
-        cdef Py_ssize_t i
-        if not fm_load_ssize(&self._on):
-            return
-        for i in range(self._nenums):
-            if self._enum_names[i] == <PyObject *>name:
-                (<EnumCore>self._enums[i])._set(state)
-                return
-        if self._enum_map is not None:
-            enum = fm_dict_get(self._enum_map, name)
-            if enum is not None:
-                (<EnumCore>enum)._set(state)
-                return
-        self._state_miss(state, name)
-
-
 cdef int counter_add(CounterCore counter, double amount) noexcept nogil:
     if counter is None or not (amount >= 0.0):
         return -1
@@ -502,10 +380,31 @@ def stats():
 # handlers that fm_init registered (no Python code runs while it is held).
 
 
-# Multiprocess mode (driven by fastmetrics.multiprocess).
+# Multiprocess arena (_arena.h): the chunk provider of multiprocess mode, driven
+# by fastmetrics.multiprocess through fastmetrics._core.arena.  It lives in this
+# extension because it shares the shard store's C state.
 import os
 
 from cpython.ref cimport Py_DECREF, Py_INCREF
+
+cdef extern from "_arena.h":
+    int FM_HDR_USED, FM_REC_META_OFF, FM_REC_DATA_OFF, FM_REC_ALIGN, FM_REC_CHUNK, FM_REC_WORDS
+    int FM_STATE_BITS, FM_CHUNK_SLOTS, FM_MAX_CHUNKS
+    int fm_arena_errno
+    int fm_arena_enable() nogil
+    int fm_arena_attach(char *base, long long cap, int fd) nogil
+    void fm_arena_detach() nogil
+    int fm_arena_record(unsigned int kind, long long arg, const void *data, unsigned int length) nogil
+
+STATE_BITS = FM_STATE_BITS   # multiprocess enum word: index | (stamp_ms << STATE_BITS)
+
+
+def arena_layout():
+    """The file-layout constants this writer uses (the tests assert they
+    equal ``fastmetrics.multiprocess._format``'s)."""
+    return {"HDR_USED": FM_HDR_USED, "REC_META_OFF": FM_REC_META_OFF, "REC_DATA_OFF": FM_REC_DATA_OFF,
+            "REC_ALIGN": FM_REC_ALIGN, "REC_CHUNK": FM_REC_CHUNK, "REC_WORDS": FM_REC_WORDS,
+            "STATE_BITS": FM_STATE_BITS, "CHUNK_SLOTS": FM_CHUNK_SLOTS, "MAX_CHUNKS": FM_MAX_CHUNKS}
 
 # The mapped file's buffer, exported while attached.  It holds one extra
 # reference, so that module teardown at exit cannot unmap memory a late
@@ -528,7 +427,7 @@ cdef int _raise_arena_error() except -1:
 
 def _mp_enable():
     """Switch the shard store to multiprocess mode, before any slot exists."""
-    if fm_mp_enable() < 0:
+    if fm_arena_enable() < 0:
         raise RuntimeError("fastmetrics: enable multiprocess mode before creating any metric")
 
 

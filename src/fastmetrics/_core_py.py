@@ -12,8 +12,9 @@ built (``FASTMETRICS_NO_EXTENSIONS=1``).  The design mirrors the C store:
 - ``reset()`` swaps in a zeroed spare slot, waits until no other thread is
   inside an increment that may have read the old one (each shard's ``seq`` is
   odd while its owner increments), then zeroes the old one for next time;
-- in multiprocess mode chunks are views of this process's mapped file, whose
-  pages are reserved (``posix_fallocate``) before they are handed out.
+- a chunk provider (the multiprocess arena, :mod:`fastmetrics._arena_py`) can
+  supply chunks instead of the heap; the store reaches it only on its cold
+  allocation paths and in fork (see the C twin's "Chunk providers").
 
 Every structure shared between threads is a list or dict touched only with
 operations that are atomic in CPython, with or without the GIL (``append``,
@@ -22,11 +23,12 @@ operations that are atomic in CPython, with or without the GIL (``append``,
 
 from __future__ import annotations
 
-import os
-import struct
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
+
+from . import _fork
+from ._upcalls import MetricUpcalls
 
 implementation = "python"
 CHUNK_BITS = 9
@@ -36,16 +38,6 @@ MAX_CHUNKS = 2048
 MAX_SLOTS = CHUNK_SLOTS * MAX_CHUNKS
 _CHUNK_BYTES = 8 * CHUNK_SLOTS
 
-# Arena file layout (must match _shards.h and _mpfile.py).
-_HDR_USED = 64
-_REC_META_OFF = 16
-_REC_DATA_OFF = 128
-_REC_CHUNK = 1
-_REC_WORDS = 2
-STATE_BITS = 16   # multiprocess enum word: index | (stamp_ms << STATE_BITS)
-_STATE_MASK = (1 << STATE_BITS) - 1
-_RESERVE_STEP = 64 * 1024
-_REC_HEAD = struct.Struct("=IIq")
 
 _NEGATIVE = "Counters can only be incremented by non-negative amounts."
 
@@ -96,66 +88,49 @@ class _Lease:
 _all_shards: List[_Shard] = []    # append-only; scrapers iterate it
 _free_shards: List[_Shard] = []   # pool; list.append / list.pop are atomic
 _local = threading.local()
-_slot_lock = threading.Lock()    # slot allocation and the arena (cold paths)
+_slot_lock = threading.Lock()    # slot allocation and enum words (cold paths)
 _slots_issued = 0
 _free_slots: List[int] = []       # __del__ appends without a lock
 _words: List[Optional[Chunk]] = [None] * MAX_CHUNKS  # enum words by slot >> CHUNK_BITS
 
-# Multiprocess arena (under _slot_lock; _mp is set once, before any slot exists).
-_mp = False
-_arena: Optional[memoryview] = None
-_arena_fd = -1              # the file, for reserving pages
-_arena_path: Optional[str] = None
-_arena_reserved = 0         # bytes known to be backed
+
+class ChunkProvider(Protocol):
+    """A source of persistent chunks (the C twin's ``fm_provider``).  ``chunk``
+    and ``words`` run on cold paths (``words`` with the store's lock held:
+    lock order store, then provider) and raise ``MemoryError``/``OSError``
+    when they cannot supply; the fork hooks run inside the store's."""
+
+    def chunk(self, c: int) -> Chunk: ...
+    def words(self, c: int, initial: Optional[Chunk]) -> Chunk: ...
+    def before_fork(self) -> None: ...
+    def after_fork_parent(self) -> None: ...
+    def after_fork_child(self) -> None: ...
 
 
-def _arena_full() -> MemoryError:
-    return MemoryError(f"fastmetrics: the multiprocess file {_arena_path} is full or detached "
-                       f"(set FASTMETRICS_MULTIPROC_CAPACITY higher)")
+# Set once, before any slot exists (set_provider); read without a lock.
+_provider: Optional[ChunkProvider] = None
+_stamp_bits = 0                   # 0: enum words hold the bare index
 
 
-def _reserve_locked(end: int) -> None:
-    """Back the arena up to ``end`` with real pages (in 64 KiB steps), so a
-    full filesystem is an ``OSError`` here, never a SIGBUS on a later store.
-    The range starts past ``used``: nothing is stored there yet."""
-    global _arena_reserved
-    if end <= _arena_reserved or _arena_fd < 0 or not hasattr(os, "posix_fallocate"):
-        return
-    want = min(-(-end // _RESERVE_STEP) * _RESERVE_STEP, len(_arena))  # type: ignore[arg-type]
-    try:
-        os.posix_fallocate(_arena_fd, _arena_reserved, want - _arena_reserved)
-    except OSError as e:
-        raise OSError(e.errno, f"fastmetrics: cannot reserve space in the multiprocess file "
-                               f"({os.strerror(e.errno or 0)}); what was counted stays valid",
-                      _arena_path) from None
-    _arena_reserved = want
+def set_provider(provider: ChunkProvider, stamp_bits: int) -> None:
+    """Take chunks from ``provider`` from now on; enum words carry a
+    wall-clock stamp (ms) above ``stamp_bits`` of state.  ``RuntimeError``
+    once a slot exists (its chunks would be on the heap)."""
+    global _provider, _stamp_bits
+    with _slot_lock:
+        if _slots_issued or _provider is not None:
+            raise RuntimeError("fastmetrics: enable multiprocess mode before creating any metric")
+        _stamp_bits, _provider = stamp_bits, provider
 
 
-def _arena_append_locked(kind: int, arg: int, payload_off: int, data: Optional[bytes], length: int) -> int:
-    """Append a record (header last, then ``used``); the payload offset.
-    ``MemoryError`` when full or detached, ``OSError`` when its pages cannot be
-    reserved; nothing is published then.
-
-    ``used`` is read and written through an int64 view: one aligned 8-byte
-    store, as readers load it (``struct`` would copy byte by byte, and a
-    reader could see a torn offset)."""
-    arena = _arena
-    if arena is None:
-        raise _arena_full()
-    with arena[_HDR_USED:_HDR_USED + 8] as field, field.cast("q") as used_word:
-        used = used_word[0]
-        size = (payload_off + length + 127) & ~127
-        if used < 0 or size > len(arena) - used:
-            raise _arena_full()
-        _reserve_locked(used + size)
-        if data:
-            arena[used + payload_off:used + payload_off + length] = data
-        _REC_HEAD.pack_into(arena, used, kind, length, arg)
-        used_word[0] = used + size
-    return used + payload_off
-
-
-
+def words_rehome() -> None:
+    """Hand every enum words chunk (all on the heap: none exist yet, or a
+    fork child copied them there) to the provider."""
+    with _slot_lock:
+        provider = _provider
+        for c, words in enumerate(_words):
+            if words is not None and provider is not None:
+                _words[c] = provider.words(c, words)
 
 def _take_shard() -> _Shard:
     try:
@@ -180,12 +155,8 @@ def _chunk_for(shard: _Shard, c: int) -> Chunk:
     chunks = shard.chunks
     if c >= len(chunks):
         chunks.extend([None] * (c + 1 - len(chunks)))
-    if _mp:
-        with _slot_lock:
-            off = _arena_append_locked(_REC_CHUNK, c, _REC_DATA_OFF, None, _CHUNK_BYTES)
-        chunk = _arena[off:off + _CHUNK_BYTES].cast("d")  # type: ignore[index]
-    else:
-        chunk = [0.0] * CHUNK_SLOTS
+    provider = _provider
+    chunk = provider.chunk(c) if provider is not None else [0.0] * CHUNK_SLOTS
     chunks[c] = chunk
     return chunk
 
@@ -266,9 +237,9 @@ def _slot_zero(slot: int) -> None:
 
 
 def _slot_free(slot: int) -> None:
-    """Zero ``slot`` everywhere and recycle it; never in multiprocess mode (the
-    counts belong to the cross-process totals).  Takes no lock."""
-    if _mp:
+    """Zero ``slot`` everywhere and recycle it; never with a provider (the
+    counts outlive the object, e.g. in cross-process totals).  Takes no lock."""
+    if _provider is not None:
         return
     _slot_zero(slot)
     _free_slots.append(slot)
@@ -280,15 +251,13 @@ def _words_ensure(slot: int) -> None:
     with _slot_lock:
         if _words[c] is not None:
             return
-        if not _mp:
-            _words[c] = [0] * CHUNK_SLOTS
-            return
-        off = _arena_append_locked(_REC_WORDS, c, _REC_DATA_OFF, None, _CHUNK_BYTES)
-        _words[c] = _arena[off:off + _CHUNK_BYTES].cast("q")  # type: ignore[index]
+        provider = _provider
+        _words[c] = provider.words(c, None) if provider is not None else [0] * CHUNK_SLOTS
 
 
-class MetricCore:
-    """Label-child cache shared by counters and enums (see the C twin)."""
+class MetricCore(MetricUpcalls if TYPE_CHECKING else object):
+    """Label-child cache shared by counters and enums (see the C twin).  The
+    upward calls it makes are :class:`fastmetrics._upcalls.MetricUpcalls`."""
 
     _metrics_map: Optional[Dict[Any, Any]] = None
     _single_map: Optional[Dict[Any, Any]] = None
@@ -328,7 +297,7 @@ class MetricCore:
             child = single.get(labelvalues[0]) if single is not None else children.get(labelvalues)
             if child is not None:
                 return child
-        return self._labels_slow(labelvalues, labelkwargs)  # type: ignore[attr-defined]
+        return self._labels_slow(labelvalues, labelkwargs)
 
 
 class CounterCore(MetricCore):
@@ -351,7 +320,7 @@ class CounterCore(MetricCore):
 
     def _add(self, amount: Any) -> None:
         if self._slot < 0:
-            raise ValueError(f"{self._type} metric is missing label values")  # type: ignore[attr-defined]
+            raise ValueError(f"{self._type} metric is missing label values")
         a = _amount(amount)
         lease = _lease()
         if lease.busy:  # a signal handler interrupted an increment on this thread
@@ -378,7 +347,7 @@ class CounterCore(MetricCore):
     def inc(self, amount: Any = 1, exemplar: Optional[Dict[str, str]] = None) -> None:
         self._add(amount)
         if exemplar:
-            self._set_exemplar(exemplar, amount)  # type: ignore[attr-defined]
+            self._set_exemplar(exemplar, amount)
 
     def _slot_index(self) -> int:
         return self._slot
@@ -439,7 +408,7 @@ class EnumCore(MetricCore):
 
     def _set(self, state: Any) -> None:
         if self._nstates < 0:
-            raise ValueError(f"{self._type} metric is missing label values")  # type: ignore[attr-defined]
+            raise ValueError(f"{self._type} metric is missing label values")
         try:
             index = self._state_index.get(state)
         except TypeError:
@@ -447,8 +416,9 @@ class EnumCore(MetricCore):
         if index is None:
             index = self._states_list.index(state)
         slot = self._slot
-        if _mp:
-            index |= (time.time_ns() // 1_000_000) << STATE_BITS
+        bits = _stamp_bits
+        if bits:
+            index |= (time.time_ns() // 1_000_000) << bits
         _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] = index  # type: ignore[index]
 
     def state(self, state: Any) -> None:
@@ -459,60 +429,11 @@ class EnumCore(MetricCore):
         if self._nstates < 0:
             return 0
         word: int = _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK]  # type: ignore[index]
-        return word & _STATE_MASK if _mp else word
+        bits = _stamp_bits
+        return word & ((1 << bits) - 1) if bits else word
 
     def _slot_index(self) -> int:
         return self._slot
-
-
-class HandlerCore:
-    """Name-dispatch hot path of the OpenCTI handler (see the C twin)."""
-
-    _counter_map: Optional[Dict[Any, CounterCore]] = None
-    _enum_map: Optional[Dict[Any, EnumCore]] = None
-    _on = False
-
-    @property
-    def activated(self) -> Any:
-        return self.__dict__.get("activated", False)
-
-    @activated.setter
-    def activated(self, value: Any) -> None:
-        self.__dict__["activated"] = value
-        self._on = bool(value)
-
-    def _set_dispatch(self, counters: Dict[Any, CounterCore], enums: Dict[Any, EnumCore]) -> None:
-        """Install the name -> metric maps, once, before the handler is shared."""
-        if self._counter_map is not None:
-            raise RuntimeError("dispatch maps are already installed")
-        if not all(isinstance(c, CounterCore) for c in counters.values()):
-            raise TypeError("counters must be fastmetrics counters")
-        if not all(isinstance(e, EnumCore) for e in enums.values()):
-            raise TypeError("enums must be fastmetrics enums")
-        self._counter_map = dict(counters)
-        self._enum_map = dict(enums)
-
-    def inc(self, name: Any, n: Any = 1) -> None:
-        if not self._on:
-            return
-        counters = self._counter_map
-        if counters is not None:
-            counter = counters.get(name)
-            if counter is not None:
-                counter._add(n)
-                return
-        self._inc_miss(name, n)  # type: ignore[attr-defined]
-
-    def state(self, state: Any, name: Any = "state") -> None:
-        if not self._on:
-            return
-        enums = self._enum_map
-        if enums is not None:
-            enum = enums.get(name)
-            if enum is not None:
-                enum._set(state)
-                return
-        self._state_miss(state, name)  # type: ignore[attr-defined]
 
 
 def stats() -> Dict[str, int]:
@@ -527,23 +448,27 @@ def stats() -> Dict[str, int]:
     }
 
 
-# Fork hooks, called by fastmetrics.metrics (the one place that registers them,
-# so every lock is taken in one order: the children lock, then this one).
+# Fork hooks, registered with fastmetrics._fork (which owns the lock order).
 def _before_fork() -> None:
     _slot_lock.acquire()
+    if _provider is not None:
+        _provider.before_fork()
 
 
 def _after_fork_parent() -> None:
+    if _provider is not None:
+        _provider.after_fork_parent()
     _slot_lock.release()
 
 
 def _after_fork_child() -> None:
     """Return the shards of threads that do not exist in the child to the pool,
-    with their counts, and release the lock.  Multiprocess mode: the chunks are
-    the parent's (its file), so the child starts from zero, and enum words move
-    to the heap until the child attaches a file of its own."""
+    with their counts, and release the lock.  With a provider, its chunks are
+    the parent's, so the child starts from zero, and enum words move to the
+    heap until :func:`words_rehome`."""
     lease = getattr(_local, "lease", None)
     current = lease.token if lease is not None else None
+    provider = _provider
     for shard in _all_shards:
         if shard.owner is not current:
             if shard.owner is not None:
@@ -551,62 +476,14 @@ def _after_fork_child() -> None:
                 _free_shards.append(shard)
             if shard.seq & 1:   # its thread was inside an increment: it is gone
                 shard.seq += 1
-        if _mp:
+        if provider is not None:
             shard.chunks = []
-    if _mp:
+    if provider is not None:
         for c, words in enumerate(_words):
             if words is not None:
                 _words[c] = list(words)
-        _detach_locked()
+        provider.after_fork_child()
     _slot_lock.release()
 
 
-# Multiprocess mode (driven by fastmetrics.multiprocess).
-
-def _mp_enable() -> None:
-    """Switch the store to multiprocess mode, before any slot exists."""
-    global _mp
-    with _slot_lock:
-        if _slots_issued:
-            raise RuntimeError("fastmetrics: enable multiprocess mode before creating any metric")
-        _mp = True
-
-
-def _mp_attach(buffer: Any, fd: int, path: str) -> None:
-    """Take chunks from ``buffer`` (a writable mapping of ``path``, open as
-    ``fd``, zero past its header) from now on; enum words move there too.
-    Pages are reserved through ``fd`` before each append."""
-    global _arena, _arena_fd, _arena_path, _arena_reserved
-    with _slot_lock:
-        _arena = memoryview(buffer).cast("B")
-        _arena_fd, _arena_path = fd, path
-        with _arena[_HDR_USED:_HDR_USED + 8] as field, field.cast("q") as used_word:
-            _arena_reserved = used_word[0]   # the header is written
-        try:
-            for c, words in enumerate(_words):
-                if words is None:
-                    continue
-                data = struct.pack(f"={CHUNK_SLOTS}q", *words)
-                off = _arena_append_locked(_REC_WORDS, c, _REC_DATA_OFF, data, _CHUNK_BYTES)
-                _words[c] = _arena[off:off + _CHUNK_BYTES].cast("q")
-        except BaseException:
-            _detach_locked()
-            raise
-
-
-def _detach_locked() -> None:
-    global _arena, _arena_fd, _arena_reserved
-    _arena, _arena_fd, _arena_reserved = None, -1, 0
-
-
-def _mp_detach() -> None:
-    """Stop using the mapped file (before it is closed)."""
-    with _slot_lock:
-        _detach_locked()
-
-
-def _mp_record(kind: int, arg: int, payload: bytes) -> None:
-    """Append a metadata record to this process's file (``MemoryError`` when
-    full, ``OSError`` when its pages cannot be reserved)."""
-    with _slot_lock:
-        _arena_append_locked(kind, arg, _REC_META_OFF, payload, len(payload))
+_fork.register(_fork.TWIN_STORE, _before_fork, _after_fork_parent, _after_fork_child)

@@ -33,23 +33,20 @@
  *    then zeroes the old one, so memory stays flat however often it runs.
  *  - Enum words live in a second table of chunks indexed by the enum's slot:
  *    one word per state machine, shared by all threads (last store wins).
- *    In-process the word is the state index, unbounded; in multiprocess
- *    mode it is index | (stamp_ms << FM_STATE_BITS).
+ *    The word is the state index, unbounded, unless a provider asks for
+ *    stamps: then index | (stamp_ms << fm_stamp_bits).
  *
- * Multiprocess mode (fastmetrics.multiprocess) changes only where chunks come
- * from: fm_alloc_chunk and fm_words_ensure append them as records to this
- * process's memory-mapped file (the *arena*; format in _mpfile.py) instead of
- * the heap, so other processes can read them.  The hot path is unchanged.
- * Every append first reserves its pages with posix_fallocate (in 64 KiB
- * steps), so a full filesystem is an error at allocation time, never a
- * SIGBUS on a later store.
- * Slots are then never recycled (their counts stay in the file), enum words
- * carry a wall-clock stamp for "most recent" folding, and a forked child
- * drops every chunk pointer (they point into its parent's file) before
- * attaching a file of its own.
+ * Chunk providers.  By default chunks come from the heap.  A provider (the
+ * multiprocess arena, _arena.h) can supply them instead, from memory other
+ * processes read; the store reaches it only on its cold allocation paths and
+ * in fork().  With a provider, slots are never recycled (their counts outlive
+ * the objects), enum words may carry a wall-clock stamp above their state
+ * bits, and a fork child forgets every provided chunk (they are the parent's),
+ * keeping its enum words on the heap until fm_words_rehome() moves them.
  *
  * Nothing here relies on the GIL.  This header is included by exactly one
- * translation unit (_core_c.pyx); everything is static.
+ * translation unit (_core_c.pyx, and tests/c/tsan_shards.c); everything is
+ * static.  It knows no file format.
  */
 #ifndef FASTMETRICS_SHARDS_H
 #define FASTMETRICS_SHARDS_H
@@ -67,13 +64,6 @@
 #define FM_MAX_SLOTS ((Py_ssize_t)FM_CHUNK_SLOTS * FM_MAX_CHUNKS)
 #define FM_CHUNK_BYTES (8 * FM_CHUNK_SLOTS)
 
-/* Arena file layout (must match _mpfile.py). */
-#define FM_HDR_USED 64           /* int64: end of the published records */
-#define FM_REC_META_OFF 16       /* payload offset of metadata records */
-#define FM_REC_DATA_OFF 128      /* payload offset of chunk records (cache-line aligned) */
-enum { FM_REC_CHUNK = 1, FM_REC_WORDS = 2 };
-#define FM_STATE_BITS 16         /* multiprocess enum word = index | (stamp_ms << FM_STATE_BITS) */
-#define FM_RESERVE_STEP (64 * 1024)  /* bytes of the arena reserved per posix_fallocate */
 
 #if defined(__GNUC__) || defined(__clang__)
 #  define FM_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -83,124 +73,7 @@ enum { FM_REC_CHUNK = 1, FM_REC_WORDS = 2 };
 #  define FM_UNLIKELY(x) (x)
 #endif
 
-/* ------------------------------------------------------------------------ */
-/* Atomics: relaxed word loads/stores, acquire/release pointer publication.  */
-/* ------------------------------------------------------------------------ */
-#if defined(_MSC_VER) && !defined(__clang__)
-#  include <windows.h>
-#  include <intrin.h>
-   /* Aligned 64-bit accesses are single-copy atomic on x64 and ARM64. */
-static inline double fm_load_double(const double *p) {
-    return *(const volatile double *)p;
-}
-static inline void fm_store_double(double *p, double v) {
-    *(volatile double *)p = v;
-}
-static inline Py_ssize_t fm_load_ssize(const Py_ssize_t *p) {
-    return *(const volatile Py_ssize_t *)p;
-}
-static inline void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) {
-    *(volatile Py_ssize_t *)p = v;
-}
-static inline Py_ssize_t fm_exchange_ssize(Py_ssize_t *p, Py_ssize_t v) {
-#  if defined(_WIN64)
-    return (Py_ssize_t)InterlockedExchange64((volatile LONG64 *)p, (LONG64)v);
-#  else
-    return (Py_ssize_t)InterlockedExchange((volatile LONG *)p, (LONG)v);
-#  endif
-}
-static inline void *fm_load_ptr_acquire(void *const *p) {
-    void *v = *(void *const volatile *)p;
-    _ReadWriteBarrier();
-#  if defined(_M_ARM64)
-    __dmb(_ARM64_BARRIER_ISH);
-#  endif
-    return v;
-}
-static inline void fm_store_ptr_release(void **p, void *v) {
-    InterlockedExchangePointer(p, v);
-}
-static inline void fm_store_i64_release(int64_t *p, int64_t v) {
-    InterlockedExchange64((volatile LONG64 *)p, (LONG64)v);
-}
-static inline Py_ssize_t fm_load_ssize_acquire(const Py_ssize_t *p) {
-    Py_ssize_t v = *(const volatile Py_ssize_t *)p;
-    _ReadWriteBarrier();
-#  if defined(_M_ARM64)
-    __dmb(_ARM64_BARRIER_ISH);
-#  endif
-    return v;
-}
-static inline void fm_store_ssize_release(Py_ssize_t *p, Py_ssize_t v) {
-#  if defined(_M_ARM64)
-    __dmb(_ARM64_BARRIER_ISH);
-#  endif
-    _ReadWriteBarrier();
-    *(volatile Py_ssize_t *)p = v;
-}
-/* Lock-free push onto a stack whose only other operation is take-all. */
-static inline void *fm_cas_ptr(void **p, void *expected, void *desired) {
-    return InterlockedCompareExchangePointer(p, desired, expected);
-}
-static inline void *fm_exchange_ptr(void **p, void *v) {
-    return InterlockedExchangePointer(p, v);
-}
-#  define FM_COMPILER_BARRIER() _ReadWriteBarrier()
-#  define FM_FULL_FENCE() MemoryBarrier()
-#  define FM_THREAD_LOCAL __declspec(thread)
-#else
-static inline double fm_load_double(const double *p) {
-    double v;
-    __atomic_load(p, &v, __ATOMIC_RELAXED);
-    return v;
-}
-static inline void fm_store_double(double *p, double v) {
-    __atomic_store(p, &v, __ATOMIC_RELAXED);
-}
-static inline Py_ssize_t fm_load_ssize(const Py_ssize_t *p) {
-    return __atomic_load_n(p, __ATOMIC_RELAXED);
-}
-static inline void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) {
-    __atomic_store_n(p, v, __ATOMIC_RELAXED);
-}
-static inline Py_ssize_t fm_exchange_ssize(Py_ssize_t *p, Py_ssize_t v) {
-    return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
-}
-static inline void *fm_load_ptr_acquire(void *const *p) {
-    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
-static inline void fm_store_ptr_release(void **p, void *v) {
-    __atomic_store_n(p, v, __ATOMIC_RELEASE);
-}
-static inline void fm_store_i64_release(int64_t *p, int64_t v) {
-    __atomic_store_n(p, v, __ATOMIC_RELEASE);
-}
-static inline Py_ssize_t fm_load_ssize_acquire(const Py_ssize_t *p) {
-    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
-static inline void fm_store_ssize_release(Py_ssize_t *p, Py_ssize_t v) {
-    __atomic_store_n(p, v, __ATOMIC_RELEASE);
-}
-/* Lock-free push onto a stack whose only other operation is take-all (no ABA:
- * nothing is ever popped one by one).  Returns the value seen. */
-static inline void *fm_cas_ptr(void **p, void *expected, void *desired) {
-    __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
-    return expected;
-}
-static inline void *fm_exchange_ptr(void **p, void *v) {
-    return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
-}
-#  define FM_COMPILER_BARRIER() __atomic_signal_fence(__ATOMIC_SEQ_CST)
-#  define FM_FULL_FENCE() __atomic_thread_fence(__ATOMIC_SEQ_CST)
-#  if defined(__linux__) && defined(__GLIBC__)
-     /* initial-exec: one fs-relative load instead of a __tls_get_addr call per
-      * increment; glibc reserves static-TLS surplus for dlopen'ed modules and
-      * this needs 8 bytes of it. */
-#    define FM_THREAD_LOCAL __thread __attribute__((tls_model("initial-exec")))
-#  else
-#    define FM_THREAD_LOCAL __thread
-#  endif
-#endif
+#include "_atomics.h"
 
 /* ------------------------------------------------------------------------ */
 /* Mutex, thread-exit hook, asymmetric barrier.                              */
@@ -215,8 +88,6 @@ static inline void fm_yield(void) { SwitchToThread(); }
 #else
 #  include <pthread.h>
 #  include <sched.h>
-#  include <errno.h>
-#  include <fcntl.h>
 typedef pthread_mutex_t fm_mutex_t;
 #  define FM_MUTEX_INIT PTHREAD_MUTEX_INITIALIZER
 static inline void fm_mutex_lock(fm_mutex_t *m) { pthread_mutex_lock(m); }
@@ -277,6 +148,19 @@ typedef struct fm_pending_slot {
     Py_ssize_t slot;
 } fm_pending_slot;
 
+/* A source of persistent chunks (see "Chunk providers" above).  Every hook is
+ * called on a cold path only; `chunk` and `words` may be called with fm_lock
+ * held (lock order: fm_lock, then the provider's own lock), the fork hooks
+ * from inside fork() (prepare after fm_lock is taken, parent and child before
+ * it is released). */
+typedef struct fm_provider {
+    double *(*chunk)(Py_ssize_t c);                   /* zeroed counter chunk c, or NULL */
+    Py_ssize_t *(*words)(Py_ssize_t c, const Py_ssize_t *initial);  /* enum words (copied), or NULL */
+    void (*before_fork)(void);
+    void (*after_fork_parent)(void);
+    void (*after_fork_child)(void);                   /* forget everything it handed out */
+} fm_provider;
+
 static fm_mutex_t fm_lock = FM_MUTEX_INIT;
 static fm_shard *fm_all_shards = NULL;   /* head, release-published */
 static fm_shard *fm_free_shards = NULL;  /* guarded by fm_lock */
@@ -294,70 +178,14 @@ static int fm_initialized = 0;
 
 static Py_ssize_t *fm_words[FM_MAX_CHUNKS];  /* enum words; release-published */
 
-/* Multiprocess arena: this process's mapped file, or NULL (all under fm_lock;
- * fm_mp is set once, before any slot exists). */
-static int fm_mp = 0;
-static char *fm_arena = NULL;
-static int64_t fm_arena_cap = 0;
-static int fm_arena_fd = -1;             /* the file, for reserving pages */
-static int64_t fm_arena_reserved = 0;    /* bytes known to be backed */
-static int fm_arena_errno = 0;           /* why the last append failed (0: full or detached) */
+/* Set once, before any slot exists (fm_set_provider); read without a lock. */
+static const fm_provider *fm_provider_active = NULL;
+static int fm_stamp_bits = 0;            /* 0: enum words hold the bare index */
 
-/* Back [fm_arena_reserved, end) with real pages, in FM_RESERVE_STEP steps, so
- * that a store never faults on a full filesystem.  The range lies past
- * `used`: nothing is stored there yet, so even an emulated posix_fallocate
- * (which writes zero bytes) cannot race with a writer.  0 or -1 (errno saved). */
-static int fm_arena_reserve_locked(int64_t end) {
+/* Wall-clock milliseconds for stamped enum words: with 16 state bits an int64
+ * word stays positive for another ~4,000 years. */
 #if defined(_WIN32)
-    (void)end;
-    return 0;
-#else
-    int64_t want;
-    int rc;
-    if (end <= fm_arena_reserved) return 0;
-    want = (end + FM_RESERVE_STEP - 1) & ~(int64_t)(FM_RESERVE_STEP - 1);
-    if (want > fm_arena_cap) want = fm_arena_cap;
-    if (fm_arena_fd < 0) return 0;
-    do {
-        rc = posix_fallocate(fm_arena_fd, (off_t)fm_arena_reserved, (off_t)(want - fm_arena_reserved));
-    } while (rc == EINTR);
-    if (rc != 0) {
-        fm_arena_errno = rc;
-        return -1;
-    }
-    fm_arena_reserved = want;
-    return 0;
-#endif
-}
-
-/* Append a record to the arena and publish it (header last, then `used` with
- * a release store, so a reader that sees `used` sees the whole record).
- * Copies `length` bytes of `data`, or leaves them zero (a fresh file is zero).
- * Returns the payload, or NULL when detached, full (fm_arena_errno 0) or the
- * pages cannot be reserved (fm_arena_errno set).  Caller holds fm_lock. */
-static char *fm_arena_append_locked(uint32_t kind, int64_t arg, int64_t payload_off,
-                                    const void *data, uint32_t length) {
-    int64_t used, size;
-    char *rec;
-    fm_arena_errno = 0;
-    if (fm_arena == NULL) return NULL;
-    memcpy(&used, fm_arena + FM_HDR_USED, 8);    /* only this process writes it */
-    size = (payload_off + (int64_t)length + FM_CACHE_LINE - 1) & ~(int64_t)(FM_CACHE_LINE - 1);
-    if (used < 0 || size > fm_arena_cap - used) return NULL;
-    if (fm_arena_reserve_locked(used + size) < 0) return NULL;
-    rec = fm_arena + used;
-    if (data != NULL) memcpy(rec + payload_off, data, length);
-    memcpy(rec + 4, &length, 4);
-    memcpy(rec + 8, &arg, 8);
-    memcpy(rec, &kind, 4);
-    fm_store_i64_release((int64_t *)(fm_arena + FM_HDR_USED), used + size);
-    return rec + payload_off;
-}
-
-/* Wall-clock milliseconds for enum stamps (multiprocess mode only): an int64
- * word with FM_STATE_BITS of state stays positive for another ~4,000 years. */
-#if defined(_WIN32)
-static inline int64_t fm_now_ms(void) { return 0; }   /* multiprocess mode is POSIX-only */
+static inline int64_t fm_now_ms(void) { return 0; }   /* no provider stamps words on Windows */
 #else
 #  include <time.h>
 static inline int64_t fm_now_ms(void) {
@@ -415,24 +243,31 @@ static void *fm_aligned_zalloc(size_t size) {
 /* Fork: the lock is taken by the C handlers below, inside fork(), where no
  * Python code can run while it is held.  In the child, shards of threads that
  * do not exist there go back to the pool with their counts. */
-static void fm_before_fork(void) { fm_mutex_lock(&fm_lock); }
-static void fm_after_fork_parent(void) { fm_mutex_unlock(&fm_lock); }
+static void fm_before_fork(void) {
+    fm_mutex_lock(&fm_lock);
+    if (fm_provider_active != NULL) fm_provider_active->before_fork();
+}
+static void fm_after_fork_parent(void) {
+    if (fm_provider_active != NULL) fm_provider_active->after_fork_parent();
+    fm_mutex_unlock(&fm_lock);
+}
 static void fm_after_fork_child(void) {
     fm_shard *s;
     Py_ssize_t c;
+    const fm_provider *provider = fm_provider_active;
     for (s = fm_all_shards; s != NULL; s = s->next_all) {
         if (s != fm_tls_shard) {
             fm_release_shard_locked(s);
             /* Its thread may have been inside an increment: it is gone. */
             if (s->seq & 1) s->seq++;
         }
-        /* Multiprocess: these chunks are the parent's, in the parent's file.
-         * The child starts from zero in a file of its own. */
-        if (fm_mp) memset(s->chunks, 0, sizeof(s->chunks));
+        /* Provided chunks are the parent's (e.g. in its file): the child
+         * starts from zero in chunks of its own. */
+        if (provider != NULL) memset(s->chunks, 0, sizeof(s->chunks));
     }
-    if (fm_mp) {
-        /* Enum states carry over: move the words to the heap until the child
-         * attaches its file (fm_arena_attach copies them there). */
+    if (provider != NULL) {
+        /* Enum states carry over: move the words to the heap until
+         * fm_words_rehome() hands them to the provider again. */
         for (c = 0; c < FM_MAX_CHUNKS; c++) {
             if (fm_words[c] != NULL) {
                 Py_ssize_t *copy = (Py_ssize_t *)fm_aligned_zalloc(FM_CHUNK_BYTES);
@@ -440,11 +275,8 @@ static void fm_after_fork_child(void) {
                 fm_words[c] = copy;   /* NULL on OOM: that state restarts at 0 */
             }
         }
-        fm_arena = NULL;
-        fm_arena_cap = 0;
-        fm_arena_fd = -1;
-        fm_arena_reserved = 0;
         fm_chunks_total = 0;
+        provider->after_fork_child();
     }
     fm_mutex_unlock(&fm_lock);   /* taken by fm_before_fork in this same thread */
 }
@@ -489,16 +321,10 @@ static fm_shard *fm_acquire_shard(void) {
 }
 
 /* Cold path: allocate chunk `c` of the calling thread's shard, from the heap
- * or, in multiprocess mode, from this process's file.  Safe without the GIL. */
+ * or the provider.  Safe without the GIL. */
 static double *fm_alloc_chunk(fm_shard *s, Py_ssize_t c) {
-    double *chunk;
-    if (fm_mp) {
-        fm_mutex_lock(&fm_lock);
-        chunk = (double *)fm_arena_append_locked(FM_REC_CHUNK, c, FM_REC_DATA_OFF, NULL, FM_CHUNK_BYTES);
-        fm_mutex_unlock(&fm_lock);
-    } else {
-        chunk = (double *)fm_aligned_zalloc(FM_CHUNK_BYTES);
-    }
+    const fm_provider *provider = fm_provider_active;
+    double *chunk = provider != NULL ? provider->chunk(c) : (double *)fm_aligned_zalloc(FM_CHUNK_BYTES);
     if (chunk == NULL) return NULL;
     fm_store_ptr_release((void **)&s->chunks[c], chunk);
 #if defined(_MSC_VER) && !defined(__clang__)
@@ -639,75 +465,52 @@ static Py_ssize_t fm_slot_alloc(void) {
 /* Release a slot whose owner object is gone (no writer can still hold it).
  * Lock-free, so it is safe from any dealloc, including one run by a garbage
  * collection inside a cold path: the slot goes onto a pending list and the
- * next fm_slot_alloc zeroes and recycles it.  In multiprocess mode a slot
- * keeps its counts (they are part of the cross-process totals) and is never
- * reused. */
+ * next fm_slot_alloc zeroes and recycles it.  With a provider a slot keeps
+ * its counts (e.g. part of cross-process totals) and is never reused. */
 static void fm_slot_free(Py_ssize_t slot) {
     fm_pending_slot *p;
-    if (slot < 0 || fm_mp) return;
+    if (slot < 0 || fm_provider_active != NULL) return;
     p = (fm_pending_slot *)malloc(sizeof(fm_pending_slot));
     if (p == NULL) return;   /* out of memory: the slot is lost, never misused */
     p->slot = slot;
     fm_pending_push(p);
 }
 
-/* Multiprocess: attach this process's freshly created file (zero past its
- * header; `fd` is kept to reserve pages) and move the enum words into it.
- * Only while no other thread can touch enum words: at enable() (no slot
- * exists yet) or in a fork child's hook (one thread).  0, or -1 when the file
- * is too small or its pages cannot be reserved. */
-static int fm_arena_attach(char *base, int64_t cap, int fd) {
-    Py_ssize_t c;
+/* Install a chunk provider whose enum words carry a wall-clock stamp above
+ * `stamp_bits` of state (0: no stamp).  Once, before any slot exists: -1
+ * otherwise (the existing chunks would be on the heap). */
+static int fm_set_provider(const fm_provider *provider, int stamp_bits) {
     int rc = 0;
-    int64_t used;
     fm_mutex_lock(&fm_lock);
-    fm_arena = base;
-    fm_arena_cap = cap;
-    fm_arena_fd = fd;
-    memcpy(&used, base + FM_HDR_USED, 8);
-    fm_arena_reserved = used;   /* the header (and what precedes `used`) is written */
-    for (c = 0; c < FM_MAX_CHUNKS && rc == 0; c++) {
-        Py_ssize_t *old = fm_words[c];
-        if (old != NULL) {
-            char *p = fm_arena_append_locked(FM_REC_WORDS, c, FM_REC_DATA_OFF, old, FM_CHUNK_BYTES);
-            if (p == NULL) { rc = -1; break; }
-            fm_store_ptr_release((void **)&fm_words[c], p);
-            free(old);   /* the heap copy made by fm_after_fork_child */
-        }
+    if (fm_next_slot != 0 || fm_provider_active != NULL) {
+        rc = -1;
+    } else {
+        fm_stamp_bits = stamp_bits;
+        fm_provider_active = provider;
     }
     fm_mutex_unlock(&fm_lock);
     return rc;
 }
 
-/* Multiprocess: forget the arena (its mapping is about to be closed). */
-static void fm_arena_detach(void) {
-    fm_mutex_lock(&fm_lock);
-    fm_arena = NULL;
-    fm_arena_cap = 0;
-    fm_arena_fd = -1;
-    fm_arena_reserved = 0;
-    fm_mutex_unlock(&fm_lock);
-}
-
-/* Switch to multiprocess mode; -1 if a slot was ever allocated (its chunks
- * would be on the heap, invisible to other processes). */
-static int fm_mp_enable(void) {
+/* Hand every enum words chunk, all on the heap (none exist yet, or a fork
+ * child copied them there), to the provider.  Only while no other thread can
+ * touch enum words (at enable, or in a fork child's hook).  0, or -1 when the
+ * provider cannot take one (those words stay on the heap, still correct). */
+static int fm_words_rehome(void) {
+    Py_ssize_t c;
     int rc = 0;
     fm_mutex_lock(&fm_lock);
-    if (fm_next_slot != 0) rc = -1;
-    else fm_mp = 1;
+    for (c = 0; c < FM_MAX_CHUNKS && fm_provider_active != NULL; c++) {
+        Py_ssize_t *old = fm_words[c];
+        if (old != NULL) {
+            Py_ssize_t *p = fm_provider_active->words(c, old);
+            if (p == NULL) { rc = -1; break; }
+            fm_store_ptr_release((void **)&fm_words[c], p);
+            free(old);
+        }
+    }
     fm_mutex_unlock(&fm_lock);
     return rc;
-}
-
-/* Multiprocess: append a metadata record (payload copied). -1 when full
- * (fm_arena_errno 0) or the pages cannot be reserved (fm_arena_errno set). */
-static int fm_arena_record(uint32_t kind, int64_t arg, const void *data, uint32_t length) {
-    char *p;
-    fm_mutex_lock(&fm_lock);
-    p = fm_arena_append_locked(kind, arg, FM_REC_META_OFF, data, length);
-    fm_mutex_unlock(&fm_lock);
-    return p == NULL ? -1 : 0;
 }
 
 /* Cold path: make sure the enum word of `slot` exists (at enum creation). */
@@ -717,8 +520,8 @@ static int fm_words_ensure(Py_ssize_t slot) {
     int rc = 0;
     fm_mutex_lock(&fm_lock);
     if (fm_words[c] == NULL) {
-        words = fm_mp
-            ? (Py_ssize_t *)fm_arena_append_locked(FM_REC_WORDS, c, FM_REC_DATA_OFF, NULL, FM_CHUNK_BYTES)
+        words = fm_provider_active != NULL
+            ? fm_provider_active->words(c, NULL)
             : (Py_ssize_t *)fm_aligned_zalloc(FM_CHUNK_BYTES);
         if (words == NULL) rc = -1;
         else fm_store_ptr_release((void **)&fm_words[c], words);
@@ -733,17 +536,19 @@ static inline Py_ssize_t *fm_word_ptr(Py_ssize_t slot) {
            + (slot & FM_CHUNK_MASK);
 }
 
-/* Hot path: store state `index`; in multiprocess mode (index < 2**FM_STATE_BITS,
- * checked at creation) stamped with the wall clock. */
+/* Hot path: store state `index`; stamped with the wall clock when the
+ * provider asked for it (index < 2**fm_stamp_bits, checked at creation). */
 static inline void fm_word_set(Py_ssize_t slot, Py_ssize_t index) {
     Py_ssize_t word = index;
-    if (fm_mp) word |= (Py_ssize_t)(fm_now_ms() << FM_STATE_BITS);
+    int bits = fm_stamp_bits;
+    if (bits) word |= (Py_ssize_t)(fm_now_ms() << bits);
     fm_store_ssize(fm_word_ptr(slot), word);
 }
 
 static inline Py_ssize_t fm_word_get(Py_ssize_t slot) {
     Py_ssize_t word = fm_load_ssize(fm_word_ptr(slot));
-    return fm_mp ? (word & (((Py_ssize_t)1 << FM_STATE_BITS) - 1)) : word;
+    int bits = fm_stamp_bits;
+    return bits ? (word & (((Py_ssize_t)1 << bits) - 1)) : word;
 }
 
 typedef struct {

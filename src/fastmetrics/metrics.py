@@ -14,20 +14,21 @@ across ``fork()`` so a child process never inherits it locked).
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Type, TypeVar, Union
+from types import ModuleType
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, NamedTuple, Optional, Protocol, Sequence, Tuple, Type,
+                    TypeVar, Union)
 
+import prometheus_client
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client import metrics as _pm
 from prometheus_client.context_managers import ExceptionCounter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
 
-from . import _core
-from ._core import CounterCore, EnumCore, stats
+from . import _core, _fork
+from ._core import stats
 
 __all__ = ["Counter", "Enum", "disable_created_metrics", "enable_created_metrics", "shard_stats"]
 
@@ -40,55 +41,47 @@ enable_created_metrics = _pm.enable_created_metrics
 # Lock order: this lock, then a core's own lock (slot allocation).
 _children_lock = threading.Lock()
 
-# fork(): every Python lock is held across it, in the order above, so the
-# child never inherits one mid-update; the twin's child hook then hands the
-# shards of threads that do not exist in the child back to the pool (counts
-# kept).  The C core needs no Python hook: its C mutex is taken by C
-# pthread_atfork handlers inside fork() itself, where no Python code can run
-# while it is held (a Python hook holding it could hand the GIL to a thread
-# that then blocks on it).
-# Registered here, once, because Python runs `before` hooks in reverse
-# registration order: per-module registration would make the order depend on
-# import order and could deadlock.
-# Multiprocess mode (fastmetrics.multiprocess) installs its metadata recorder
-# here; its lock sits between the children lock and the twin's lock.
-_FORK_AWARE_CORES = ("fastmetrics._core_py",)
-_mp_recorder: Any = None
-_held_across_fork: list = []   # [recorder or None, *cores]
+# fork(): held across it (rank METRICS in fastmetrics._fork, which owns the
+# order of every Python lock), so a child never inherits it mid-update.
+_fork.register(_fork.METRICS, _children_lock.acquire, _children_lock.release, _children_lock.release)
 
 
-def _before_fork() -> None:
-    _children_lock.acquire()
-    recorder = _mp_recorder
-    if recorder is not None:
-        recorder.before_fork()
-    cores = [sys.modules[name] for name in _FORK_AWARE_CORES if name in sys.modules]
-    for core in cores:
-        core._before_fork()
-    _held_across_fork[:] = [recorder, *cores]
+class SeriesMeta(NamedTuple):
+    """What a series is, for exporters that never saw the metric object (the
+    multiprocess files): ``type`` is ``"counter"`` or ``"stateset"``."""
+
+    type: str
+    name: str
+    documentation: str
+    unit: str
+    labelnames: Tuple[str, ...]
+    labelvalues: Tuple[str, ...]
+    states: Tuple[str, ...]      # enums only
 
 
-def _after_fork_parent() -> None:
-    recorder, *cores = _held_across_fork
-    for core in reversed(cores):
-        core._after_fork_parent()
-    if recorder is not None:
-        recorder.after_fork_parent()
-    _children_lock.release()
+class Recorder(Protocol):
+    """A listener told of every metric value's life (multiprocess mode's
+    metadata writer).  ``check_*`` run before anything is allocated and raise
+    ``ValueError`` to refuse; the others run after the value exists and may
+    raise ``MemoryError``/``OSError`` (the metric is then not created, or a
+    ``reset()`` changes nothing)."""
+
+    def check_strings(self, what: str, strings: Iterable[Any]) -> None: ...
+    def check_labelvalues(self, values: Iterable[str]) -> None: ...
+    def check_states(self, states: Iterable[Any]) -> None: ...
+    def counter_created(self, metric: "Counter") -> None: ...
+    def counter_slot(self, metric: "Counter", slot: int) -> None: ...
+    def enum_created(self, metric: "Enum") -> None: ...
 
 
-def _after_fork_child() -> None:
-    recorder, *cores = _held_across_fork
-    for core in reversed(cores):
-        core._after_fork_child()
-    if recorder is not None:
-        recorder.after_fork_child()   # a file of its own for the child
-    _children_lock.release()
+_recorder: Optional[Recorder] = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,
-                        after_in_child=_after_fork_child)
+def set_recorder(recorder: Optional[Recorder]) -> None:
+    """Install (or remove, with None) the one :class:`Recorder`.  Call before
+    any metric exists: values created earlier were never recorded."""
+    global _recorder
+    _recorder = recorder
 
 
 def shard_stats() -> Dict[str, int]:
@@ -119,11 +112,11 @@ class _MetricWrapper:
         self._namespace = namespace
         self._subsystem = subsystem
         self._name = _pm._build_full_name(self._type, name, namespace, subsystem, unit)
-        if _mp_recorder is not None and not _labelvalues:
+        if _recorder is not None and not _labelvalues:
             labelnames = tuple(labelnames)
-            _mp_recorder.check_strings("metric name", (self._name,))
-            _mp_recorder.check_strings("label name", labelnames)
-            _mp_recorder.check_strings("documentation", (documentation,))
+            _recorder.check_strings("metric name", (self._name,))
+            _recorder.check_strings("label name", labelnames)
+            _recorder.check_strings("documentation", (documentation,))
         self._labelnames = _pm._validate_labelnames(self, labelnames)
         self._labelvalues = tuple(_labelvalues or ())
         self._kwargs: Dict[str, Any] = {}
@@ -168,6 +161,14 @@ class _MetricWrapper:
             samples.append(Sample(name + suffix, labels, value, timestamp, exemplar))
         return [metric]
 
+    def series_meta(self) -> SeriesMeta:
+        """This value's name, help, unit, labels and states (for exporters
+        that never see the object).  O(labels + states); thread-safe."""
+        states = tuple(str(s) for s in getattr(self, "_states", ()) or ())
+        kind = "stateset" if self._type == "stateset" else "counter"
+        return SeriesMeta(kind, self._name, self._documentation, self._unit, tuple(self._labelnames),
+                          tuple(self._labelvalues), states)
+
     def __str__(self) -> str:
         return f"{self._type}:{self._name}"
 
@@ -197,8 +198,8 @@ class _MetricWrapper:
         child = children.get(key)
         if child is not None:
             return child  # type: ignore[no-any-return]
-        if _mp_recorder is not None:
-            _mp_recorder.check_labelvalues(key)   # before anything is allocated or written
+        if _recorder is not None:
+            _recorder.check_labelvalues(key)   # before anything is allocated or written
         with _children_lock:
             child = children.get(key)
             if child is None:
@@ -295,8 +296,8 @@ class _CounterAPI(_MetricWrapper):
         self._exemplar: Optional[Exemplar] = None
         self._init_value()
         self._created = time.time()
-        if _mp_recorder is not None:
-            _mp_recorder.counter_created(self)
+        if _recorder is not None:
+            _recorder.counter_created(self)
 
     def collect(self) -> Iterable[Metric]:
         """One family; O(children x live shards).  Builds each Sample once
@@ -339,8 +340,8 @@ class _CounterAPI(_MetricWrapper):
             if self._slot_index() < 0:
                 return
             spare = self._spare_slot()
-            if _mp_recorder is not None:
-                _mp_recorder.counter_slot(self, spare)   # before the swap: no unseen slot
+            if _recorder is not None:
+                _recorder.counter_slot(self, spare)   # before the swap: no unseen slot
             self._reset_value()
             self._created = time.time()
 
@@ -387,11 +388,11 @@ class _EnumAPI(_MetricWrapper):
         self._kwargs["states"] = states
 
     def _metric_init(self) -> None:
-        if _mp_recorder is not None:
-            _mp_recorder.check_states(self._states)
+        if _recorder is not None:
+            _recorder.check_states(self._states)
         self._init_value(self._states)
-        if _mp_recorder is not None:
-            _mp_recorder.enum_created(self)
+        if _recorder is not None:
+            _recorder.enum_created(self)
 
     @property
     def _value(self) -> int:
@@ -403,8 +404,7 @@ class _EnumAPI(_MetricWrapper):
         return [("", {name: s}, 1 if i == current else 0, None, None) for i, s in enumerate(self._states)]
 
 
-class Counter(CounterCore, _CounterAPI):
-    """A monotonically increasing count, sharded per thread.
+_COUNTER_DOC = """A monotonically increasing count, sharded per thread.
 
     Same constructor, methods and errors as ``prometheus_client.Counter``.
     ``inc(amount=1)`` is lock-free and O(1): it adds to the calling thread's own
@@ -413,21 +413,54 @@ class Counter(CounterCore, _CounterAPI):
     are rejected with the negative-amount ``ValueError``.
     """
 
-
-class Enum(EnumCore, _EnumAPI):
-    """Which of a fixed set of states is current; one word per child.
+_ENUM_DOC = """Which of a fixed set of states is current; one word per child.
 
     Same constructor, methods and errors as ``prometheus_client.Enum``; states are
     exposed in declaration order.  ``state(s)`` is a dict lookup plus an atomic
     store, lock-free; an unknown state raises ``ValueError`` (``"'s' is not in list"``).
     """
 
+_classes: Dict[str, Tuple[type, type]] = {}
+_classes_lock = threading.Lock()
 
-def _classes_for(core: Any) -> Tuple[type, type]:
-    """``(Counter, Enum)`` built on ``core`` (``_core_c`` or ``_core_py``), so tests
-    and benchmarks can run both implementations in one process."""
-    if core.implementation == _core.implementation:
-        return Counter, Enum
-    counter = type("Counter", (core.CounterCore, _CounterAPI), {"__doc__": Counter.__doc__, "__module__": __name__})
-    enum = type("Enum", (core.EnumCore, _EnumAPI), {"__doc__": Enum.__doc__, "__module__": __name__})
-    return counter, enum
+
+def classes_for(core: ModuleType) -> Tuple[type, type]:
+    """``(Counter, Enum)`` on ``core`` (``_core_c`` or ``_core_py``): the one way
+    the public classes are made, for the selected core (``fastmetrics.Counter``)
+    and for tests and benchmarks that run both implementations in one
+    process.  Cached: one pair per implementation."""
+    with _classes_lock:
+        pair = _classes.get(core.implementation)
+        if pair is None:
+            class Counter(core.CounterCore, _CounterAPI):  # type: ignore[name-defined,misc]
+                __doc__ = _COUNTER_DOC
+                __module__ = __name__
+                __qualname__ = "Counter"
+
+            class Enum(core.EnumCore, _EnumAPI):  # type: ignore[name-defined,misc]
+                __doc__ = _ENUM_DOC
+                __module__ = __name__
+                __qualname__ = "Enum"
+
+            pair = _classes[core.implementation] = (Counter, Enum)
+        return pair
+
+
+def upstream_class(metric: object) -> Optional[type]:
+    """The prometheus_client class ``metric`` stands in for (``Counter`` or
+    ``Enum``), or None if it is not a fastmetrics metric."""
+    if isinstance(metric, _CounterAPI):
+        return prometheus_client.Counter
+    if isinstance(metric, _EnumAPI):
+        return prometheus_client.Enum
+    return None
+
+
+if TYPE_CHECKING:  # what the selector returns, as type checkers see it (the twin's API)
+    class Counter(_core.CounterCore, _CounterAPI):
+        pass
+
+    class Enum(_core.EnumCore, _EnumAPI):
+        pass
+else:
+    Counter, Enum = classes_for(_core.core)

@@ -34,7 +34,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
-from . import _core, _mpfile, metrics
+from . import _core, _fork, _mpfile, metrics
 from ._mpfile import CorruptFile, EnumValue, Meta, ParsedFile, SeriesKey
 
 try:
@@ -126,7 +126,7 @@ class _Recorder:
 
     def _write(self, kind: int, slot: int, payload: bytes) -> None:
         with self.lock:
-            _core.core._mp_record(kind, slot, payload)
+            _core.arena()._mp_record(kind, slot, payload)
             self.records[slot] = (kind, payload)
 
     def counter_created(self, metric: Any) -> None:
@@ -137,7 +137,7 @@ class _Recorder:
         ``reset()`` swaps in; readers sum a series over its slots).  Once per
         slot: a counter reset every scrape appends nothing after the first."""
         if slot not in self.records:
-            self._write(_mpfile.COUNTER, slot, _mpfile.meta_payload(_meta(metric, "counter", ())))
+            self._write(_mpfile.COUNTER, slot, _mpfile.meta_payload(_meta(metric)))
 
     @staticmethod
     def check_strings(what: str, strings: Iterable[Any]) -> None:
@@ -167,10 +167,9 @@ class _Recorder:
         self.check_strings("enum state", states)
 
     def enum_created(self, metric: Any) -> None:
-        states = tuple(str(s) for s in metric._states)
-        self._write(_mpfile.ENUM, metric._slot_index(), _mpfile.meta_payload(_meta(metric, "stateset", states)))
+        self._write(_mpfile.ENUM, metric._slot_index(), _mpfile.meta_payload(_meta(metric)))
 
-    # fork: held across it (after the children lock, before the core's).
+    # fork: held across it (rank RECORDER in fastmetrics._fork).
     def before_fork(self) -> None:
         self.lock.acquire()
 
@@ -181,14 +180,14 @@ class _Recorder:
         """Runs after the core dropped the parent's chunks: attach a new file
         and replay the metadata of every value this process knows."""
         try:
-            _core.core._mp_detach()
+            _core.arena()._mp_detach()
             if self.file is not None:
                 self.file.close()
             self.file = None
             self.file = _ProcessFile.create(self.directory, self.capacity)
-            _core.core._mp_attach(self.file.mm, self.file.fd, self.file.path)
+            _core.arena()._mp_attach(self.file.mm, self.file.fd, self.file.path)
             for slot, (kind, payload) in sorted(self.records.items()):
-                _core.core._mp_record(kind, slot, payload)
+                _core.arena()._mp_record(kind, slot, payload)
         except Exception:  # noqa: BLE001 - a fork hook cannot raise
             log.exception("fastmetrics: cannot create this process's multiprocess file in %s; "
                           "increments will raise MemoryError", self.directory)
@@ -196,9 +195,10 @@ class _Recorder:
             self.lock.release()
 
 
-def _meta(metric: Any, kind: str, states: Tuple[str, ...]) -> Meta:
-    return Meta(kind, metric._name, metric._documentation, metric._unit, tuple(metric._labelnames),
-                tuple(metric._labelvalues), states)
+def _meta(metric: Any) -> Meta:
+    """The file's metadata of ``metric`` (from its public ``series_meta()``)."""
+    m = metric.series_meta()
+    return Meta(m.type, m.name, m.documentation, m.unit, m.labelnames, m.labelvalues, m.states)
 
 
 _enable_lock = threading.Lock()
@@ -249,14 +249,16 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
         os.makedirs(path, exist_ok=True)
         file = _ProcessFile.create(path, capacity)
         try:
-            _core.core._mp_enable()
-            _core.core._mp_attach(file.mm, file.fd, file.path)
+            _core.arena()._mp_enable()
+            _core.arena()._mp_attach(file.mm, file.fd, file.path)
         except BaseException:
             file.close()
             os.unlink(file.path)
             raise
         _recorder = _Recorder(path, capacity, file)
-        metrics._mp_recorder = _recorder
+        metrics.set_recorder(_recorder)
+        _fork.register(_fork.RECORDER, _recorder.before_fork, _recorder.after_fork_parent,
+                       _recorder.after_fork_child)
         os.environ[ENV_DIR] = path
         if capacity != DEFAULT_CAPACITY:
             os.environ[ENV_CAPACITY] = str(capacity)

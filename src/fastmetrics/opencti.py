@@ -6,7 +6,7 @@ HTTP server on the default ``REGISTRY``, the eight metrics (names, help texts,
 order, keys of ``_metrics``), the ``connector_logger.error`` calls and their
 meta dicts, and every exception.  Only the speed differs: ``inc`` / ``state``
 on the built-in names are one dict lookup and a lock-free update in the core
-(:class:`fastmetrics._core.HandlerCore`) instead of pycti's lookup, type check
+(:class:`fastmetrics._dispatch_py.Dispatcher`, or its C twin) instead of pycti's lookup, type check
 and locked update.
 
 The one extension is the keyword-only ``addr`` (default ``"0.0.0.0"``, as
@@ -26,7 +26,8 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
-from typing import Any, Dict, Tuple
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Dict, Tuple
 
 import prometheus_client
 from prometheus_client import start_http_server
@@ -53,13 +54,8 @@ def _stands_in_for(metric: Any, expected_type: Any) -> bool:
     """Whether ``isinstance(m, expected_type)`` holds for the prometheus_client
     metric that ``metric`` replaces (so ``prometheus_client.Counter`` matches our
     counters, as it matches pycti's)."""
-    if isinstance(metric, metrics._CounterAPI):
-        upstream: type = prometheus_client.Counter
-    elif isinstance(metric, metrics._EnumAPI):
-        upstream = prometheus_client.Enum
-    else:
-        return False
-    return issubclass(upstream, expected_type)
+    upstream = metrics.upstream_class(metric)
+    return upstream is not None and issubclass(upstream, expected_type)
 
 
 class _HandlerAPI:
@@ -136,8 +132,7 @@ class _HandlerAPI:
             self._metrics[name].state(state)
 
 
-class OpenCTIMetricHandler(_core.HandlerCore, _HandlerAPI):  # type: ignore[misc]
-    """Prometheus metrics of an OpenCTI connector; same API and behaviour as pycti's.
+_HANDLER_DOC = """Prometheus metrics of an OpenCTI connector; same API and behaviour as pycti's.
 
     ``OpenCTIMetricHandler(connector_logger, activated=False, namespace="",
     subsystem="", port=9095, *, addr="0.0.0.0")``.  When ``activated`` is truthy:
@@ -161,35 +156,36 @@ class OpenCTIMetricHandler(_core.HandlerCore, _HandlerAPI):  # type: ignore[misc
     keys is, through the pycti slow path).
     """
 
-    _counter_class = metrics.Counter
-    _enum_class = metrics.Enum
-
-
-_handler_classes: Dict[str, type] = {_core.implementation: OpenCTIMetricHandler}
+_handler_classes: Dict[str, type] = {}
 _handler_classes_lock = threading.Lock()
 
 
-def _handler_class_for(core: Any) -> type:
-    """``OpenCTIMetricHandler`` built on ``core`` (``_core_c`` or ``_core_py``) with
-    that core's ``Counter`` / ``Enum``, so tests and benchmarks can run both
+def handler_class_for(core: ModuleType) -> type:
+    """``OpenCTIMetricHandler`` on ``core`` (``_core_c`` or ``_core_py``) with that
+    core's dispatcher, ``Counter`` and ``Enum``: the one way the class is made,
+    for the selected core and for tests and benchmarks that run both
     implementations in one process.  Cached: one class per implementation."""
     with _handler_classes_lock:
         cls = _handler_classes.get(core.implementation)
         if cls is None:
-            counter, enum = metrics._classes_for(core)
-            cls = type(
-                "OpenCTIMetricHandler",
-                (core.HandlerCore, _HandlerAPI),
-                {
-                    "__doc__": OpenCTIMetricHandler.__doc__,
-                    "__module__": __name__,
-                    "__qualname__": "OpenCTIMetricHandler",
-                    "_counter_class": counter,
-                    "_enum_class": enum,
-                },
-            )
-            _handler_classes[core.implementation] = cls
+            counter, enum = metrics.classes_for(core)
+
+            class OpenCTIMetricHandler(_core.dispatch_for(core).Dispatcher, _HandlerAPI):  # type: ignore[misc]
+                __doc__ = _HANDLER_DOC
+                __module__ = __name__
+                __qualname__ = "OpenCTIMetricHandler"
+                _counter_class = counter
+                _enum_class = enum
+
+            cls = _handler_classes[core.implementation] = OpenCTIMetricHandler
         return cls
+
+
+if TYPE_CHECKING:
+    class OpenCTIMetricHandler(_core.Dispatcher, _HandlerAPI):
+        pass
+else:
+    OpenCTIMetricHandler = handler_class_for(_core.core)
 
 
 # -- switching pycti over ---------------------------------------------------------

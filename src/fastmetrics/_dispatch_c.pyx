@@ -1,0 +1,128 @@
+# cython: language_level=3, freethreading_compatible=True
+# cython: boundscheck=False, wraparound=False
+"""Name -> metric dispatch in C, over the shard store's metrics (see
+``_core_c.pxd``).  Knows no metric names: a subclass installs its maps with
+``_set_dispatch`` and implements the miss hooks (``fastmetrics._upcalls``).
+The pure-Python twin is :mod:`fastmetrics._dispatch_py`.
+"""
+cimport cython
+from cpython.object cimport PyObject
+
+from fastmetrics._core_c cimport CounterCore, EnumCore
+
+
+cdef extern from "_atomics.h":
+    Py_ssize_t fm_load_ssize(const Py_ssize_t *p) nogil
+    void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
+
+
+cdef extern from "_pydict.h":
+    object fm_dict_get(object d, object key)
+
+
+implementation = "cython"
+
+
+cdef class Dispatcher:
+    """Dispatches ``inc(name, n)`` / ``state(s, name)`` to the counter or enum
+    registered under ``name``.
+
+    Contract: ``_set_dispatch(counters, enums)`` once, before the object is
+    shared (the maps are copied and never mutated); ``activated`` (any
+    object, truth-tested) gates both calls.  A name found in the map costs an
+    identity compare over the first eight names (interned literals) or one
+    dict lookup, then the metric's lock-free update; anything else calls the
+    subclass's ``_inc_miss(name, n)`` / ``_state_miss(state, name)``.
+    Thread-safe; never relies on the GIL.
+    """
+    cdef object _counter_map
+    cdef object _enum_map
+    cdef PyObject *_counter_names[8]  # identity caches over the maps' first entries;
+    cdef PyObject *_counters[8]       # the maps own the references
+    cdef Py_ssize_t _ncounters
+    cdef PyObject *_enum_names[8]
+    cdef PyObject *_enums[8]
+    cdef Py_ssize_t _nenums
+    cdef object _activated
+    cdef Py_ssize_t _on               # truth of ``activated``; relaxed atomic
+
+    def __cinit__(self, *args, **kwargs):
+        self._counter_map = None
+        self._enum_map = None
+        self._ncounters = 0
+        self._nenums = 0
+        self._activated = False
+        self._on = 0
+
+    # The object field is only touched under the object's critical section
+    # (a per-object lock on free-threaded builds, nothing with the GIL); the
+    # hot path reads only the C flag.
+    @property
+    @cython.critical_section
+    def activated(self):
+        return self._activated
+
+    @activated.setter
+    @cython.critical_section
+    def activated(self, value):
+        self._activated = value
+        fm_store_ssize(&self._on, 1 if value else 0)
+
+    def _set_dispatch(self, counters, enums):
+        """Install the name -> metric maps (fastmetrics counters and enums of
+        this implementation; ``TypeError`` otherwise).  Once, before the
+        object is shared (``RuntimeError`` the second time)."""
+        if self._counter_map is not None:
+            raise RuntimeError("dispatch maps are already installed")
+        cdef Py_ssize_t i = 0
+        self._counter_map = dict(counters)
+        self._enum_map = dict(enums)
+        for name, counter in self._counter_map.items():
+            if not isinstance(counter, CounterCore):
+                raise TypeError("counters must be fastmetrics counters")
+            if i < 8:
+                self._counter_names[i] = <PyObject *>name
+                self._counters[i] = <PyObject *>counter
+                i += 1
+        self._ncounters = i
+        i = 0
+        for name, enum in self._enum_map.items():
+            if not isinstance(enum, EnumCore):
+                raise TypeError("enums must be fastmetrics enums")
+            if i < 8:
+                self._enum_names[i] = <PyObject *>name
+                self._enums[i] = <PyObject *>enum
+                i += 1
+        self._nenums = i
+
+    def inc(self, name, n=1):
+        """Add ``n`` to the counter named ``name`` (``_inc_miss`` if none)."""
+        cdef Py_ssize_t i
+        if not fm_load_ssize(&self._on):
+            return
+        for i in range(self._ncounters):
+            if self._counter_names[i] == <PyObject *>name:
+                (<CounterCore>self._counters[i])._add(n)
+                return
+        if self._counter_map is not None:
+            counter = fm_dict_get(self._counter_map, name)
+            if counter is not None:
+                (<CounterCore>counter)._add(n)
+                return
+        self._inc_miss(name, n)
+
+    def state(self, state, name="state"):
+        """Set the enum named ``name`` to ``state`` (``_state_miss`` if none)."""
+        cdef Py_ssize_t i
+        if not fm_load_ssize(&self._on):
+            return
+        for i in range(self._nenums):
+            if self._enum_names[i] == <PyObject *>name:
+                (<EnumCore>self._enums[i])._set(state)
+                return
+        if self._enum_map is not None:
+            enum = fm_dict_get(self._enum_map, name)
+            if enum is not None:
+                (<EnumCore>enum)._set(state)
+                return
+        self._state_miss(state, name)

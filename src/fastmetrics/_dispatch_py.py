@@ -1,0 +1,62 @@
+"""Pure-Python twin of :mod:`fastmetrics._dispatch_c`: name -> metric dispatch
+over the shard store's metrics, knowing no metric names."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+from ._core_py import CounterCore, EnumCore
+from ._upcalls import DispatchUpcalls
+
+implementation = "python"
+
+
+class Dispatcher(DispatchUpcalls if TYPE_CHECKING else object):
+    """Name -> metric dispatch (see the C twin, :mod:`fastmetrics._dispatch_c`,
+    for the contract)."""
+
+    _counter_map: Optional[Dict[Any, CounterCore]] = None
+    _enum_map: Optional[Dict[Any, EnumCore]] = None
+    _on = False
+
+    @property
+    def activated(self) -> Any:
+        return self.__dict__.get("activated", False)
+
+    @activated.setter
+    def activated(self, value: Any) -> None:
+        self.__dict__["activated"] = value
+        self._on = bool(value)
+
+    def _set_dispatch(self, counters: Dict[Any, CounterCore], enums: Dict[Any, EnumCore]) -> None:
+        """Install the name -> metric maps, once, before the handler is shared."""
+        if self._counter_map is not None:
+            raise RuntimeError("dispatch maps are already installed")
+        if not all(isinstance(c, CounterCore) for c in counters.values()):
+            raise TypeError("counters must be fastmetrics counters")
+        if not all(isinstance(e, EnumCore) for e in enums.values()):
+            raise TypeError("enums must be fastmetrics enums")
+        self._counter_map = dict(counters)
+        self._enum_map = dict(enums)
+
+    def inc(self, name: Any, n: Any = 1) -> None:
+        if not self._on:
+            return
+        counters = self._counter_map
+        if counters is not None:
+            counter = counters.get(name)
+            if counter is not None:
+                counter._add(n)
+                return
+        self._inc_miss(name, n)
+
+    def state(self, state: Any, name: Any = "state") -> None:
+        if not self._on:
+            return
+        enums = self._enum_map
+        if enums is not None:
+            enum = enums.get(name)
+            if enum is not None:
+                enum._set(state)
+                return
+        self._state_miss(state, name)
