@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from ...metrics import Counter
+from ... import Counter
 
 #: The keys the demo passes to ``handler.inc`` / ``handler.state`` (pycti's API).
 BUNDLE_SEND = "bundle_send"
