@@ -30,6 +30,8 @@ import sys
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
+from fastmetrics._cli.bench.report import format_table as _format_table
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.9/3.10
@@ -98,13 +100,13 @@ def load(path: str) -> List[Gate]:
     return gates
 
 
-Samples = Mapping[str, Mapping[int, Sequence[float]]]  # key -> repetition -> per-op times
+Reps = Mapping[int, Sequence[float]]  # repetition -> per-op times of one key
+Samples = Mapping[str, Reps]  # key -> repetition -> per-op times
 
 
-def paired_ratio(samples: Samples, numerator: str, denominator: str) -> Optional[Tuple[float, int]]:
+def paired_ratio(num: Reps, den: Reps) -> Optional[Tuple[float, int]]:
     """(median over shared repetitions of median(num) / median(den), repetitions)
-    or None when no repetition has data for both keys."""
-    num, den = samples.get(numerator, {}), samples.get(denominator, {})
+    or None when no repetition has data for both."""
     ratios = []
     for rep in sorted(set(num) & set(den)):
         if num[rep] and den[rep]:
@@ -120,7 +122,7 @@ def evaluate(gates: Sequence[Gate], samples: Samples) -> List[Outcome]:
     """Each gate's measured ratio and result on ``samples``."""
     outcomes = []
     for gate in gates:
-        paired = paired_ratio(samples, gate.numerator, gate.denominator)
+        paired = paired_ratio(samples.get(gate.numerator, {}), samples.get(gate.denominator, {}))
         if paired is None:
             missing = [k for k in (gate.numerator, gate.denominator) if not any(samples.get(k, {}).values())]
             outcomes.append(Outcome(gate, None, NOT_RUN, missing or [f"{gate.numerator} with {gate.denominator}"]))
@@ -132,17 +134,11 @@ def evaluate(gates: Sequence[Gate], samples: Samples) -> List[Outcome]:
 
 
 def format_table(outcomes: Sequence[Outcome]) -> List[str]:
-    """One line per gate: check, measured ratio, bound, result (and why / what is missing)."""
-    rows = [("gate", "measured", "bound", "result", "")]
+    """One line per gate: check, measured ratio, bound, result, and why (or what is missing)."""
+    rows: List[Tuple[str, ...]] = []
     for o in outcomes:
         measured = "-" if o.ratio is None else f"{o.ratio:.3f}"
         note = ("no data for " + ", ".join(o.missing)) if o.missing else o.gate.why
-        rows.append((f"{o.gate.numerator} / {o.gate.denominator}", measured,
-                     f"{o.gate.op} {o.gate.bound:g}", o.result, note))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = []
-    for r in rows:
-        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  "
-                     f"{r[3]:<{widths[3]}}  {r[4]}".rstrip())
-    lines.insert(1, "-" * len(lines[0]))
-    return lines
+        rows.append((f"{o.gate.numerator} / {o.gate.denominator}", measured, f"{o.gate.op} {o.gate.bound:g}",
+                     o.result, note))
+    return _format_table(("gate", "measured", "bound", "result", "why"), rows, "<><<<")

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import pytest
 
-from fastmetrics import _bench
+from fastmetrics._cli.bench.subjects import PYCTI, load_pycti_handler_module
+from fastmetrics._cli.bench.timing import Workload, calibrate, gc_paused
 
 PYCTI_VERSION = "7.261026.0"
 PYCTI_MEMBER = "pycti/connector/opencti_metric_handler.py"
@@ -58,7 +58,7 @@ class Settings:
 
 def unavailable(candidate: str, reason: str) -> None:
     """Skip a case whose candidate cannot run here; pycti must run under CI."""
-    if candidate == _bench.PYCTI and in_ci():
+    if candidate == PYCTI and in_ci():
         pytest.fail(f"CI=true: {reason}")
     pytest.skip(reason)
 
@@ -94,14 +94,14 @@ class Measure:
     rep: int
     calibration: Dict[str, int] = field(default_factory=dict)
 
-    def __call__(self, workload: _bench.Workload, candidate: str, op: str, *,
+    def __call__(self, workload: Workload, candidate: str, op: str, *,
                  threads: bool = False, n: Optional[int] = None, **extra: Any) -> None:
         try:
             target = self.settings.thread_target_s if threads else self.settings.target_s
             rounds = self.settings.thread_rounds if threads else self.settings.rounds
             key = f"{candidate}.{op}"
             if n is None:  # a given n skips calibration
-                n = self.calibration.get(key) or _bench.calibrate(workload, target)
+                n = self.calibration.get(key) or calibrate(workload, target)
                 self.calibration[key] = n
             ops = workload.ops(n)
             self.benchmark.group = op
@@ -114,18 +114,11 @@ class Measure:
 
 
 def _gc_off(run: Callable[[int], None]) -> Callable[[int], None]:
-    """``run`` with the cyclic GC off while it runs (as ``timeit``): a collection
-    triggered by one candidate's allocations would otherwise land on whichever
-    batch happens to cross the threshold."""
+    """``run`` with the cyclic GC off while it runs (:func:`gc_paused`)."""
 
     def batch(n: int) -> None:
-        was_on = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             run(n)
-        finally:
-            if was_on:
-                gc.enable()
 
     return batch
 
@@ -165,6 +158,6 @@ def pycti_module(cache_dir: Path) -> Tuple[Any, str]:
     explicit = os.environ.get("FASTMETRICS_BENCH_PYCTI_FILE")
     try:
         path = Path(explicit) if explicit else _download_pycti_file(cache_dir)
-        return _bench.load_pycti_handler_module(str(path)), str(path)
+        return load_pycti_handler_module(str(path)), str(path)
     except Exception as exc:  # network, pip, zip, import: all mean "no pycti here"
         return None, f"pycti {PYCTI_VERSION}'s OpenCTIMetricHandler unavailable: {exc}"

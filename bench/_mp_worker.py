@@ -9,9 +9,9 @@ set before the import); this script only checks it got what it asked for.
 
 ``loop``: ``CANDIDATE`` is ``floor``, ``fastmetrics_c`` or ``prometheus_client``
 and ``MODE`` ``mp`` or ``local``.  It builds the same compiled, unrolled
-``c.inc()`` loop as the in-process bench (``fastmetrics._bench``), prints
-``ready UNROLL``, then for every line ``N`` runs ``N * UNROLL`` increments and
-answers ``ok``.  It exits when stdin closes.
+``c.inc()`` loop as the in-process bench (``fastmetrics._cli.bench.timing``),
+prints ``ready UNROLL``, then for every line ``N`` runs ``N * UNROLL``
+increments and answers ``ok``.  It exits when stdin closes.
 
 ``populate``: forks ``FILES - 1`` children, one at a time; each creates
 ``METRICS`` counters, increments each once, and exits; then this process does
@@ -27,10 +27,12 @@ import sys
 
 def _loop(candidate: str, mode: str) -> None:
     import fastmetrics
-    from fastmetrics import _bench, multiprocess
+    from fastmetrics import multiprocess
+    from fastmetrics._cli.bench.subjects import FloorMetric
+    from fastmetrics._cli.bench.timing import compile_loop, time_batch
 
     if candidate == "floor":
-        counter = _bench.FloorMetric()
+        counter = FloorMetric()
     elif candidate == "fastmetrics_c":
         if fastmetrics.implementation != "cython":
             sys.exit("the fastmetrics_c candidate needs the Cython extension")
@@ -45,11 +47,11 @@ def _loop(candidate: str, mode: str) -> None:
         counter = Counter("bench_mp_ops", "Bench.")
     else:
         sys.exit(f"unknown candidate {candidate!r}")
-    loop = _bench.compile_loop("c.inc()", {"c": counter})
+    loop = compile_loop("c.inc()", {"c": counter})
     print("ready", loop.unroll, flush=True)
     for line in sys.stdin:
         n = int(line)
-        _bench.time_batch(loop, n)   # GC off during the batch, as in process
+        time_batch(loop, n)   # GC off during the batch, as in process
         print("ok", flush=True)
 
 

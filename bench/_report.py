@@ -18,23 +18,19 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+from _gates import Reps, paired_ratio
+
+from fastmetrics._cli.bench.report import format_table
+
 Record = Tuple[Mapping[str, Any], Sequence[float]]
 
 SCRAPE_COLUMNS = ("fastmetrics_c", "fastmetrics_py", "prometheus_client")
 
 
-def _table(rows: Sequence[Tuple[str, ...]]) -> List[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return lines
-
-
-def _paired(num: Mapping[int, Sequence[float]], den: Mapping[int, Sequence[float]]) -> str:
-    """Median over shared repetitions of median(num) / median(den), formatted."""
-    ratios = [statistics.median(num[r]) / statistics.median(den[r])
-              for r in set(num) & set(den) if num[r] and den[r] and statistics.median(den[r]) > 0]
-    return f"{statistics.median(ratios):.2f}" if ratios else "-"
+def _paired(num: Reps, den: Reps) -> str:
+    """:func:`_gates.paired_ratio` of ``num`` over ``den``, formatted (``-`` for none)."""
+    paired = paired_ratio(num, den)
+    return "-" if paired is None else f"{paired[0]:.2f}"
 
 
 def scrape_growth(records: Sequence[Record]) -> List[str]:
@@ -55,7 +51,8 @@ def scrape_growth(records: Sequence[Record]) -> List[str]:
             seen[info["candidate"]] = max(seen.get(info["candidate"], 0), int(info["shards_total"]))
     if not points:
         return []
-    rows = [("format", "metrics", "threads", *(f"{c} µs" for c in SCRAPE_COLUMNS), "c/prom", "shards (c/py)")]
+    head = ("format", "metrics", "threads", *(f"{c} µs" for c in SCRAPE_COLUMNS), "c/prom", "shards (c/py)")
+    rows: List[Tuple[str, ...]] = []
     for point in sorted(points):
         medians = {c: statistics.median(v) * 1e6 for c, v in points[point].items() if v}
         cells = [f"{medians[c]:.1f}" if c in medians else "-" for c in SCRAPE_COLUMNS]
@@ -63,7 +60,7 @@ def scrape_growth(records: Sequence[Record]) -> List[str]:
         seen = shards.get(point, {})
         shard_cell = f"{seen.get('fastmetrics_c', '-')}/{seen.get('fastmetrics_py', '-')}"
         rows.append((point[0], str(point[1]), str(point[2]), *cells, ratio, shard_cell))
-    return _table(rows)
+    return format_table(head, rows)
 
 
 def churn_memory(records: Sequence[Record]) -> List[str]:
@@ -74,8 +71,9 @@ def churn_memory(records: Sequence[Record]) -> List[str]:
     for info, data in records:
         if info.get("op") == "churn.thread" and data:
             runs.setdefault(str(info["candidate"]), []).append((info, data))
-    rows = [("candidate", "threads", "µs/thread", "RSS before KiB", "RSS after KiB", "RSS delta KiB",
-             "shards before", "shards after")]
+    head = ("candidate", "threads", "µs/thread", "RSS before KiB", "RSS after KiB", "RSS delta KiB",
+            "shards before", "shards after")
+    rows: List[Tuple[str, ...]] = []
     for candidate in sorted(runs):
         reps = sorted(runs[candidate], key=lambda r: int(r[0].get("rep", 0)))
         first, last = reps[0][0], reps[-1][0]
@@ -92,7 +90,7 @@ def churn_memory(records: Sequence[Record]) -> List[str]:
             str(first.get("shards_total_before", "-")),
             str(last.get("shards_total_after", "-")),
         ))
-    return _table(rows) if len(rows) > 1 else []
+    return format_table(head, rows) if rows else []
 
 
 def mp_scrape(records: Sequence[Record]) -> List[str]:
@@ -106,8 +104,9 @@ def mp_scrape(records: Sequence[Record]) -> List[str]:
     if not by_files:
         return []
     variants = ("uncompacted", "compacted", "prometheus_client")
-    rows = [("files", "fastmetrics µs", "fastmetrics compacted µs", "prometheus_client µs",
-             "prom/fm", "prom/fm compacted")]
+    head = ("files", "fastmetrics µs", "fastmetrics compacted µs", "prometheus_client µs",
+            "prom/fm", "prom/fm compacted")
+    rows: List[Tuple[str, ...]] = []
     for files in sorted(by_files):
         reps = by_files[files]
         cells = []
@@ -117,4 +116,4 @@ def mp_scrape(records: Sequence[Record]) -> List[str]:
         prom = reps.get("prometheus_client", {})
         rows.append((str(files), *cells, _paired(prom, reps.get("uncompacted", {})),
                      _paired(prom, reps.get("compacted", {}))))
-    return _table(rows)
+    return format_table(head, rows)

@@ -7,9 +7,9 @@ Run: ``PYTHONPATH=src python -m pytest bench/`` (add ``--bench-quick`` for CI).
   stores ``extra_info["key"] = "<candidate>.<op>"``; ``benchmark.group`` is the
   op, so pytest-benchmark's table puts the candidates of an op side by side.
 * Times are per operation: each round runs a calibrated batch of calls from a
-  compiled, unrolled loop (``fastmetrics._bench``), and the stored round times
-  are divided by the batch's operation count, exactly as pytest-benchmark
-  divides by ``iterations``.
+  compiled, unrolled loop (``fastmetrics._cli.bench.timing``), and the stored
+  round times are divided by the batch's operation count, exactly as
+  pytest-benchmark divides by ``iterations``.
 * Interleaving: each benchmark is repeated ``--bench-reps`` times (parameter
   ``rep0``, ``rep1``...) and the run goes repetition by repetition through
   all benchmarks (odd repetitions in reverse order), so noise from the rest
@@ -46,7 +46,8 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from fastmetrics import _bench
+from fastmetrics._cli.bench.ops import Op
+from fastmetrics._cli.bench.subjects import Subjects, Unavailable
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # so the helper modules import under any --import-mode
@@ -141,16 +142,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def subjects(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> _bench.Subjects:
+def subjects(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Subjects:
     """Builds each candidate's subjects (one per session: at most one activated
-    handler per candidate, see ``fastmetrics._bench.Subjects.handler``)."""
+    handler per candidate, see ``fastmetrics._cli.bench.subjects.Subjects.handler``)."""
 
     def load_pycti() -> Tuple[Any, str]:  # only when a pycti case runs
         cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
         cache_dir = Path(cache.mkdir("fastmetrics-bench-pycti")) if cache else tmp_path_factory.mktemp("pycti")
         return pycti_module(cache_dir)
 
-    return _bench.Subjects(pycti_loader=load_pycti)
+    return Subjects(pycti_loader=load_pycti)
 
 
 @pytest.fixture(scope="session")
@@ -165,13 +166,13 @@ def measure(benchmark: Any, settings: Settings, bench_rep: int, calibration: Dic
 
 
 @pytest.fixture
-def run_op(measure: Measure, subjects: _bench.Subjects) -> Any:
-    """``run_op(op, candidate)``: measure a :class:`fastmetrics._bench.Op`."""
+def run_op(measure: Measure, subjects: Subjects) -> Any:
+    """``run_op(op, candidate)``: measure a :class:`fastmetrics._cli.bench.ops.Op`."""
 
-    def run(op: _bench.Op, candidate: str) -> None:
+    def run(op: Op, candidate: str) -> None:
         try:
             workload = op.workload(subjects, candidate)
-        except _bench.Unavailable as exc:
+        except Unavailable as exc:
             unavailable(candidate, str(exc))
         measure(workload, candidate, op.key, threads=bool(op.threads))
 

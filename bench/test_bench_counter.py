@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from fastmetrics import _bench
+from fastmetrics._cli.bench.ops import metric_ops
+from fastmetrics._cli.bench.subjects import METRIC_CANDIDATES
 
-OPS = {op.key: op for op in _bench.metric_ops()}
-CANDIDATES = pytest.mark.parametrize("candidate", _bench.METRIC_CANDIDATES)
+OPS = {op.key: op for op in metric_ops()}
+CANDIDATES = pytest.mark.parametrize("candidate", METRIC_CANDIDATES)
 
 
 @CANDIDATES

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from fastmetrics import _bench
+from fastmetrics._cli.bench.ops import metric_ops
+from fastmetrics._cli.bench.subjects import METRIC_CANDIDATES
 
-OPS = {op.key: op for op in _bench.metric_ops()}
+OPS = {op.key: op for op in metric_ops()}
 
 
-@pytest.mark.parametrize("candidate", _bench.METRIC_CANDIDATES)
+@pytest.mark.parametrize("candidate", METRIC_CANDIDATES)
 def test_enum_state(run_op: Any, candidate: str) -> None:
     run_op(OPS["enum.state"], candidate)

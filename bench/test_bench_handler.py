@@ -8,7 +8,7 @@ Keys: ``<candidate>.handler.inc`` / ``.inc_n`` / ``.state``, and
 
 All activated handlers register in the default REGISTRY as in production;
 each candidate uses its own namespace so their names do not collide (see
-``fastmetrics._bench.Subjects.handler``).
+``fastmetrics._cli.bench.subjects.Subjects.handler``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from fastmetrics import _bench
+from fastmetrics._cli.bench.ops import handler_ops
+from fastmetrics._cli.bench.subjects import HANDLER_CANDIDATES
 
-ON = {op.key: op for op in _bench.handler_ops(activated=True)}
-OFF = {op.key: op for op in _bench.handler_ops(activated=False)}
-CANDIDATES = pytest.mark.parametrize("candidate", _bench.HANDLER_CANDIDATES)
+ON = {op.key: op for op in handler_ops(activated=True)}
+OFF = {op.key: op for op in handler_ops(activated=False)}
+CANDIDATES = pytest.mark.parametrize("candidate", HANDLER_CANDIDATES)
 
 
 @CANDIDATES

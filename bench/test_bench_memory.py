@@ -20,7 +20,8 @@ from typing import Any, Dict
 import pytest
 from _harness import Measure, unavailable  # type: ignore[import-not-found]
 
-from fastmetrics import _bench
+from fastmetrics._cli.bench.subjects import OURS, SCRAPE_CANDIDATES, Subjects, Unavailable
+from fastmetrics._cli.bench.timing import Workload
 
 CONCURRENCY = 8
 pytestmark = pytest.mark.bench_phase(30)
@@ -37,7 +38,7 @@ def rss_kib() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-class Churn(_bench.Workload):
+class Churn(Workload):
     """``run(n)``: ``n`` threads, ``CONCURRENCY`` at a time, each ``counter.inc()`` once."""
 
     def __init__(self, counter: Any) -> None:
@@ -57,13 +58,13 @@ class Churn(_bench.Workload):
         return n
 
 
-@pytest.mark.parametrize("candidate", _bench.SCRAPE_CANDIDATES)
-def test_thread_churn(measure: Measure, subjects: _bench.Subjects, candidate: str) -> None:
+@pytest.mark.parametrize("candidate", SCRAPE_CANDIDATES)
+def test_thread_churn(measure: Measure, subjects: Subjects, candidate: str) -> None:
     try:
         counter = subjects.counter(candidate)
-    except _bench.Unavailable as exc:
+    except Unavailable as exc:
         unavailable(candidate, str(exc))
-    ours = candidate in (_bench.FM_C, _bench.FM_PY)
+    ours = candidate in OURS
     before: Dict[str, int] = subjects.core(candidate).stats() if ours else {}
     rss_before = rss_kib()
     workload = Churn(counter)

@@ -35,7 +35,8 @@ from _harness import Measure, unavailable  # type: ignore[import-not-found]
 from prometheus_client import CollectorRegistry, generate_latest
 
 import fastmetrics
-from fastmetrics import _bench
+from fastmetrics._cli.bench.subjects import FM_C
+from fastmetrics._cli.bench.timing import Workload, compile_loop
 
 pytestmark = [pytest.mark.bench_phase(40),
               pytest.mark.skipif(not hasattr(os, "fork"), reason="multiprocess mode needs POSIX")]
@@ -57,7 +58,7 @@ def _env(candidate: str, directory: Optional[Path]) -> Dict[str, str]:
 
 
 def _need_extension(candidate: str) -> None:
-    if candidate == _bench.FM_C and fastmetrics.implementation != "cython":
+    if candidate == FM_C and fastmetrics.implementation != "cython":
         unavailable(candidate, f"needs the Cython extension (implementation: {fastmetrics.implementation})")
 
 
@@ -95,7 +96,7 @@ class LoopWorker:
             self.proc.stdout.close()
 
 
-class RemoteLoop(_bench.Workload):
+class RemoteLoop(Workload):
     """``run(n)``: the worker runs ``n * unroll`` increments; the worker outlives
     the measurement (``close`` is a no-op: the session fixture stops it)."""
 
@@ -183,5 +184,5 @@ def test_mp_scrape(measure: Measure, scrape_registries: Dict[Tuple[str, int], Co
     expected = f"bench_mp_c{METRICS_PER_FILE - 1}_total {float(files)}"
     assert expected in generate_latest(registry).decode()   # every file was read
     op = f"mp.scrape.compacted.f{files}" if variant == "compacted" else f"mp.scrape.f{files}"
-    workload = _bench.compile_loop("g(r)", {"g": generate_latest, "r": registry}, unroll=1)
+    workload = compile_loop("g(r)", {"g": generate_latest, "r": registry}, unroll=1)
     measure(workload, candidate, op, files=files, variant=variant)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import pytest
 
 import fastmetrics
-from fastmetrics import _bench
+from fastmetrics._cli.bench.timing import ThreadedLoop, Workload
 
 THREADS = (1, 2)
 LOOP = 10_000_000  # increments per thread per round
@@ -44,7 +44,7 @@ def downstream(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return _load_downstream_helper().build(tmp_path_factory.mktemp("downstream"))
 
 
-class NogilLoop(_bench.Workload):
+class NogilLoop(Workload):
     """``run(n)``: one call of a downstream function that loops ``n`` times without the GIL."""
 
     def __init__(self, call: Callable[[int], Any]) -> None:
@@ -66,5 +66,5 @@ def test_nogil_add(measure: Any, downstream: Any, candidate: str, threads: int) 
         loop = NogilLoop(lambda n: downstream.hammer(counter, n, 1.0))
     else:
         loop = NogilLoop(downstream.hammer_shared)
-    measure(_bench.ThreadedLoop(loop, threads), candidate, f"nogil.add.t{threads}",
+    measure(ThreadedLoop(loop, threads), candidate, f"nogil.add.t{threads}",
             threads=True, n=LOOP, loop=LOOP)

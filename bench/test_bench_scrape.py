@@ -20,9 +20,10 @@ from typing import Any, Iterator, List
 import pytest
 from _harness import Measure, unavailable  # type: ignore[import-not-found]
 
-from fastmetrics import _bench
+from fastmetrics._cli.bench.ops import SCRAPE_FORMATS
+from fastmetrics._cli.bench.subjects import OURS, SCRAPE_CANDIDATES, Subjects, Unavailable
+from fastmetrics._cli.bench.timing import compile_loop
 
-FORMATS = {"text": _bench.text_generate_latest, "openmetrics": _bench.openmetrics_generate_latest}
 GRID = [(1, 1), (10, 1), (100, 1), (10, 4), (10, 16)]
 PHASE_BY_THREADS = {1: 0, 4: 1, 16: 2}
 
@@ -57,21 +58,21 @@ def _grid() -> Iterator[Any]:
                            marks=pytest.mark.bench_phase(PHASE_BY_THREADS[threads]))
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", sorted(SCRAPE_FORMATS))
 @pytest.mark.parametrize(("metrics_count", "threads"), list(_grid()))
-@pytest.mark.parametrize("candidate", _bench.SCRAPE_CANDIDATES)
-def test_scrape(measure: Measure, subjects: _bench.Subjects, candidate: str, metrics_count: int,
+@pytest.mark.parametrize("candidate", SCRAPE_CANDIDATES)
+def test_scrape(measure: Measure, subjects: Subjects, candidate: str, metrics_count: int,
                 threads: int, fmt: str) -> None:
     try:
         target = subjects.scrape_target(candidate, metrics_count)
-    except _bench.Unavailable as exc:
+    except Unavailable as exc:
         unavailable(candidate, str(exc))
     writers = ParkedWriters(target.counters, threads)
     try:
         extra = {}
-        if candidate in (_bench.FM_C, _bench.FM_PY):
+        if candidate in OURS:
             extra["shards_total"] = subjects.core(candidate).stats()["shards_total"]
-        workload = _bench.compile_loop("g(o)", {"g": FORMATS[fmt], "o": target.registry}, unroll=1)
+        workload = compile_loop("g(o)", {"g": SCRAPE_FORMATS[fmt], "o": target.registry}, unroll=1)
         measure(workload, candidate, f"scrape.{fmt}.m{metrics_count}.t{threads}",
                 metrics=metrics_count, writer_threads=threads, **extra)
     finally:

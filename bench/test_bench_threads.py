@@ -13,19 +13,20 @@ from typing import Any
 
 import pytest
 
-from fastmetrics import _bench
+from fastmetrics._cli.bench.ops import thread_ops
+from fastmetrics._cli.bench.subjects import METRIC_CANDIDATES
 
 THREADS = (1, 2, 4)
 pytestmark = pytest.mark.bench_phase(20)
 
 
 @pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
-@pytest.mark.parametrize("candidate", _bench.METRIC_CANDIDATES)
+@pytest.mark.parametrize("candidate", METRIC_CANDIDATES)
 def test_threads_counter_inc(run_op: Any, candidate: str, threads: int) -> None:
-    run_op(_bench.thread_ops("counter", threads), candidate)
+    run_op(thread_ops("counter", threads), candidate)
 
 
 @pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
-@pytest.mark.parametrize("candidate", _bench.METRIC_CANDIDATES)
+@pytest.mark.parametrize("candidate", METRIC_CANDIDATES)
 def test_threads_enum_state(run_op: Any, candidate: str, threads: int) -> None:
-    run_op(_bench.thread_ops("enum", threads), candidate)
+    run_op(thread_ops("enum", threads), candidate)

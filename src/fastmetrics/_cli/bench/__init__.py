@@ -1,0 +1,10 @@
+"""``fastmetrics bench``: a quick interleaved benchmark, no pytest needed.
+
+Modules, one job each: :mod:`.timing` (loops, batches, calibration),
+:mod:`.subjects` (the candidates and what they are called on, pycti's loader),
+:mod:`.ops` (the measured operations), :mod:`.run` (the interleaved rounds),
+:mod:`.report` (statistics, the table, the plot), :mod:`.cli` (the command).
+The pytest-benchmark suite in ``bench/`` reuses the first four and the table.
+"""
+
+PROG = "fastmetrics bench"
