@@ -1,5 +1,5 @@
 """A small, independent writer and parser of the multiprocess file format
-(documented in ``fastmetrics/_mpfile.py``), for tests that need files no
+(documented in ``fastmetrics/multiprocess/_format.py``), for tests that need files no
 current writer produces: version 1 files, stamps in 2100, damaged values or
 metadata with valid checksums.  It never imports the code under test.
 """

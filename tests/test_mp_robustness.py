@@ -29,7 +29,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 import _fmfile as fm
-from fastmetrics import _mpfile, multiprocess
+from fastmetrics import multiprocess
+from fastmetrics.multiprocess import _format
 from fastmetrics.multiprocess import MultiProcessCollector, compact
 from test_multiprocess import (  # noqa: F401 - fixtures
     STATES, _pytest_process_stays_out_of_multiprocess_mode, assert_counters, enum_states,
@@ -275,10 +276,10 @@ def test_a_damaged_archive_record_costs_only_its_series(mp):
 def test_enum_words_of_both_versions_decode_to_index_and_wall_clock():
     """Version 2 stores ``index | stamp_ms << 16`` (65,536 states, good for
     millennia); version 1, still read, ``index | stamp_us << 12``."""
-    assert (_mpfile.VERSION, _mpfile.STATE_BITS, _mpfile.MAX_STATES) == (2, 16, 65536)
-    assert _mpfile.decode_word(1, fm.word(1, 4095, fm.NS_2024)) == (4095, fm.NS_2024)
-    assert _mpfile.decode_word(2, fm.word(2, 65535, fm.NS_2100 + 999_999)) == (65535, fm.NS_2100)
-    assert _mpfile.decode_word(2, 0) == (0, 0)
+    assert (_format.VERSION, _format.STATE_BITS, _format.MAX_STATES) == (2, 16, 65536)
+    assert _format.decode_word(1, fm.word(1, 4095, fm.NS_2024)) == (4095, fm.NS_2024)
+    assert _format.decode_word(2, fm.word(2, 65535, fm.NS_2100 + 999_999)) == (65535, fm.NS_2100)
+    assert _format.decode_word(2, 0) == (0, 0)
 
 
 def test_v1_and_v2_files_fold_by_wall_clock(tmp_path):

@@ -32,7 +32,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmetrics import _mpfile, multiprocess
+from fastmetrics import multiprocess
+from fastmetrics.multiprocess import _compact, _format, _reader
 from fastmetrics.multiprocess import MultiProcessCollector, compact, read_directory
 
 fcntl = pytest.importorskip("fcntl", reason="multiprocess mode needs POSIX (fcntl.flock)")
@@ -246,7 +247,7 @@ def assert_counters(text: str, expected: Dict[Tuple[str, Labels], float]) -> Non
     assert got == expected
 
 
-# -- file surgery (the layout documented in _mpfile.py) ----------------------------
+# -- file surgery (the layout documented in multiprocess/_format.py) -------------
 
 HEADER = struct.Struct("=8sIIqqQ16sII")
 HEADER_FIELDS = ("magic", "version", "flags", "pid", "created_ns", "capacity", "uid", "order", "crc")
@@ -768,7 +769,7 @@ def test_compaction_that_crashed_before_deleting_does_not_double_count(mp, tmp_p
     assert (result.ran, result.absorbed, result.skipped) == (True, 3, [])
     for name in names:
         shutil.copy2(aside / name, mp.path / name)
-    absorbed = _mpfile.read(str(mp.path / "archive.fm")).absorbed
+    absorbed = _reader.read(str(mp.path / "archive.fm")).absorbed
     assert {bytes.fromhex(name[:-3].rsplit("-", 1)[1]) for name in names} <= absorbed
 
     snapshot = read_directory(str(mp.path))
@@ -863,18 +864,18 @@ def test_a_reader_rereads_a_file_whose_header_changed_in_place(tmp_path):
     file rewritten in place with another uid (what a reused inode looks like)
     is walked again, never answered from the old walk; compaction gives every
     archive a new uid for that reason."""
-    meta = _mpfile.Meta("counter", "mp_ops", "Operations.", "", (), (), ())
+    meta = _format.Meta("counter", "mp_ops", "Operations.", "", (), (), ())
     path = str(tmp_path / "archive.fm")
 
     def archive_bytes(total: float) -> bytes:
-        _mpfile.write_archive(path, {meta.key: total}, {}, {meta.key: meta}, set(), os.urandom(16), 1)
+        _compact.write_archive(path, {meta.key: total}, {}, {meta.key: meta}, set(), os.urandom(16), 1)
         return Path(path).read_bytes()
 
     first, second = archive_bytes(1.0), archive_bytes(2.0)
     assert len(first) == len(second)
     with open(path, "r+b") as f:
         f.write(first)
-    reader = _mpfile.Reader()
+    reader = _reader.Reader()
     try:
         assert reader.read(path).counters == {meta.key: 1.0}
         inode = os.stat(path).st_ino
@@ -904,7 +905,7 @@ def test_enable_refuses_bad_input_with_clear_errors(mp, tmp_path):
     assert msg["other_directory"] == f"RuntimeError: multiprocess mode is already enabled with {mp.path}"
     [name] = fm_files(mp.path)
     limit = msg["limit"]
-    assert limit == _mpfile.max_states(HEADER.unpack_from((mp.path / name).read_bytes())[1])
+    assert limit == _format.max_states(HEADER.unpack_from((mp.path / name).read_bytes())[1])
     assert msg["states_over"] == f"ValueError: fastmetrics multiprocess mode supports at most {limit} enum states"
     assert msg["states_at_limit"] == limit - 1
     _, text = scrape(mp.path, enum_mode="mostrecent")

@@ -336,5 +336,5 @@ def test_multiprocess_enum_stamps_last_past_2041(impl, tmp_path):
 
 
 def test_cores_and_file_format_agree_on_the_enum_word(impl):
-    from fastmetrics import _mpfile
-    assert impl.core.STATE_BITS == _mpfile.STATE_BITS == 16
+    from fastmetrics.multiprocess import _format
+    assert impl.core.STATE_BITS == _format.STATE_BITS == 16
