@@ -1,4 +1,4 @@
-"""Subprocess side of ``tests/test_multiprocess.py``; pytest never imports it.
+"""Subprocess side of the tests in ``tests/multiprocess/`` (``_cluster.Worker``); pytest never imports it.
 
     python _mp_worker.py SCENARIO IMPL JSON_ARGS
 
