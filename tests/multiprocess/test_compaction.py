@@ -10,7 +10,7 @@ import time
 import _fmfile as fm
 import pytest
 from _expose import STATES, assert_counters, enum_states, expected_count_totals, fm_files, only_file, scrape, serve
-from _expose import skipped_paths, value, write
+from _expose import reasons, skipped_paths, value, write
 
 from fastmetrics.multiprocess import _reader, compact, read_directory
 from fastmetrics.multiprocess import _format as fmt
@@ -174,3 +174,42 @@ def test_a_copy_of_a_live_process_file_is_never_folded(mp):
     assert value(text, "mp_ops_total") == 7
     assert fm_files(mp.path) == ["archive.fm"]
     assert value(serve(mp.path)[1], "mp_ops_total") == 7
+
+
+def test_scrape_and_compaction_fold_alike_through_a_tie_and_a_mismatch(tmp_path):
+    """The scrape and compaction share one fold (``multiprocess._fold``): the
+    newest file's metadata wins per metric name (its help; an older file's
+    ``ops`` with other label names is left out, reported), and equal enum
+    stamps go to the higher state index whatever the order of the files.  So
+    the exposition is the same, byte for byte, before and after compaction
+    folds every file into the archive."""
+    path = tmp_path / "mp"
+    path.mkdir()
+    stamp = fm.NS_2024
+    write(path / fm.fake_process_name(), fm.build([
+        fm.words(0, {1: fm.word(2, 0, stamp)}), fm.chunk(0, {0: 2.0}),
+        fm.counter(0, "ops", doc="Newest help.", labelnames=["k"], labelvalues=["v"]),
+        fm.enum(1, "phase", STATES)], created_ns=stamp + 2 * 10**9))
+    older = write(path / fm.fake_process_name(), fm.build([
+        fm.words(0, {1: fm.word(2, 2, stamp)}), fm.chunk(0, {0: 5.0, 2: 3.0}),
+        fm.counter(0, "ops", doc="Older help.", labelnames=["x"], labelvalues=["w"]),
+        fm.enum(1, "phase", STATES), fm.counter(2, "other")], created_ns=stamp + 10**9))
+    write(path / "archive.fm", fm.build([
+        fm.total("ops", 10.0, doc="Archived help.", labelnames=["k"], labelvalues=["v"]),
+        fm.last("phase", fm.word(2, 1, stamp), STATES)], archive=True, pid=0, created_ns=stamp))
+
+    collector, before, _ = serve(path, compact=False, enum_mode="mostrecent")
+    assert (value(before, "ops_total", k="v"), value(before, "ops_total", x="w")) == (12, None)
+    assert value(before, "other_total") == 3
+    assert "# HELP ops_total Newest help.\n" in before
+    assert enum_states(before, "phase") == {(): "done"}   # idle, busy, done: all at one stamp
+    assert skipped_paths(collector.skipped) == [str(older)]
+    assert "ops: type, labels or states differ" in reasons(collector.skipped, older)
+
+    result = compact(str(path))
+    assert (result.absorbed, skipped_paths(result.skipped)) == (2, [str(older)])
+    assert "left out of the archive" in reasons(result.skipped, older)
+    assert fm_files(path) == ["archive.fm"]
+    collector, after, _ = serve(path, compact=False, enum_mode="mostrecent")
+    assert collector.skipped == []
+    assert after == before
