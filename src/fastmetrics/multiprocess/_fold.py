@@ -7,7 +7,10 @@ series before and after a compaction.  The rule:
 
 * **Order.**  Files are taken newest first (``created_ns`` of their header;
   equal stamps keep the order given: both callers give name order), the
-  archive last, as the oldest.
+  archive last, as the oldest.  (The one way a compaction can change what a
+  scrape shows: a live process older than the exited ones it folds, which
+  disagrees with them on a metric's type, label names or states, then comes
+  before their series in the archive, and its definition wins that name.)
 * **Families: newest metadata wins per metric name.**  The first file that
   holds a series of a metric name fixes that name's type, label names and
   states (and its help and unit).  A series of another file whose metadata

@@ -27,11 +27,10 @@ else:
 
 
 def lock(fd: int, exclusive: bool, blocking: bool) -> bool:
-    """Take a ``flock`` on ``fd``'s open file description; False if another
-    one holds a conflicting lock and ``blocking`` is False.  It lasts until
-    ``fd`` (and every descriptor sharing its description) is closed, or
-    :func:`owner_alive` releases it.  ``OSError`` for anything but
-    contention."""
+    """Take a ``flock`` on ``fd``'s open file description (held until that
+    description is closed: every descriptor sharing it); False if another
+    description holds a conflicting lock and ``blocking`` is False.
+    ``OSError`` for anything but contention."""
     op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
     try:
         fcntl.flock(fd, op)
