@@ -81,8 +81,7 @@ def one_per_uid(files: List[_F]) -> List[Tuple[_F, List[_F]]]:
 
 
 def _named_after_header(f: _Owned) -> bool:
-    name = fmt.parse_name(os.path.basename(f.path))
-    return (name.pid, name.uid) == (f.pid, f.uid)
+    return os.path.basename(f.path) == fmt.process_file_name(f.pid, f.uid)
 
 
 def copy_reason(kept: _Owned) -> str:

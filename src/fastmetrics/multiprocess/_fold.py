@@ -53,13 +53,15 @@ def fold(files: Iterable[ParsedFile]) -> Folded:
 
 
 def _fold_file(pf: ParsedFile, into: Folded) -> None:
+    families, counters, file_counters = into.families, into.counters, pf.counters   # per series: locals
     mismatched: Set[str] = set()
     for key, meta in pf.metas.items():
-        family = into.families.setdefault(meta.name, meta)
-        if (family.type, family.labelnames, family.states) != (meta.type, meta.labelnames, meta.states):
+        family = families.setdefault(meta.name, meta)
+        if family is not meta and (family.type != meta.type or family.labelnames != meta.labelnames
+                                   or family.states != meta.states):   # (a Reader shares equal metadata)
             mismatched.add(meta.name)
         elif meta.type == COUNTER:
-            into.counters[key] = into.counters.get(key, 0.0) + pf.counters[key]
+            counters[key] = counters.get(key, 0.0) + file_counters[key]
         else:
             _fold_enum(pf, key, pf.enums[key], into)
     into.problems.extend((pf.path, f"{name}: type, labels or states differ from the newest file; series skipped")

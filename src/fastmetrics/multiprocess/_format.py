@@ -57,8 +57,10 @@ Directory entries: ``<pid>-<uid>.fm`` (a process file; any other visible
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import struct
 import zlib
 from typing import Dict, List, Literal, NamedTuple, Tuple, Union
@@ -243,20 +245,20 @@ def archive_temp_name(pid: int) -> str:
     return f"{ARCHIVE_NAME}.{pid}{TEMP_SUFFIX}"
 
 
+_PROCESS_FILE_NAME = re.compile(r"(0|[1-9][0-9]*)-([0-9a-f]{%d})%s\Z" % (2 * UID_SIZE, re.escape(SUFFIX)))
+
+
+@functools.lru_cache(maxsize=4096)   # a scrape parses every name of the directory again
 def parse_name(name: str) -> Name:
     """The role of a directory entry, and for ``<pid>-<uid>.fm`` (exactly as
     :func:`process_file_name` writes it) its pid and uid.  Hidden names are
     never process files; a visible ``*.fm`` other than the archive always is.
-    O(len(name)); never raises."""
+    Never raises; thread-safe."""
     if name.startswith("."):
         return Name("temp" if name.endswith(TEMP_SUFFIX) else "other")
     if name == ARCHIVE_NAME:
         return Name("archive")
     if not name.endswith(SUFFIX):
         return Name("other")
-    pid, _, uid_hex = name[:-len(SUFFIX)].partition("-")
-    if (pid.isdigit() and pid.isascii() and len(uid_hex) == 2 * UID_SIZE
-            and not uid_hex.strip("0123456789abcdef")
-            and process_file_name(int(pid), bytes.fromhex(uid_hex)) == name):
-        return Name("process", int(pid), bytes.fromhex(uid_hex))
-    return Name("process")
+    match = _PROCESS_FILE_NAME.match(name)
+    return Name("process", int(match[1]), bytes.fromhex(match[2])) if match else Name("process")
