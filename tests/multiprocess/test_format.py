@@ -109,6 +109,8 @@ def test_names_as_written():
     assert fmt.temp_name(name) == "." + name + ".tmp"
     assert fmt.archive_temp_name(77) == "archive.fm.77.tmp"
     assert (fmt.ARCHIVE_NAME, fmt.LOCK_NAME) == ("archive.fm", ".lock")
+    assert fmt.aside_name(name) == name + ".corrupt"
+    assert fmt.aside_name(fmt.ARCHIVE_NAME, 17) == "archive.fm.corrupt-17"
 
 
 def test_the_format_loads_without_the_cores_or_metrics():

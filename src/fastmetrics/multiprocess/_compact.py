@@ -124,9 +124,10 @@ def _live_entry(file_path: str, fd: int) -> Optional[_Entry]:
 
 def _set_aside(file_path: str, reason: str, skipped: Skipped) -> None:
     """Rename an invalid exited file ``*.corrupt``, reported."""
+    aside = fmt.aside_name(os.path.basename(file_path))
     try:
-        os.replace(file_path, file_path + fmt.CORRUPT_SUFFIX)
-        skipped.append((file_path, f"{reason}; moved to {os.path.basename(file_path)}{fmt.CORRUPT_SUFFIX}"))
+        os.replace(file_path, os.path.join(os.path.dirname(file_path), aside))
+        skipped.append((file_path, f"{reason}; moved to {aside}"))
     except OSError as e:
         skipped.append((file_path, f"{reason}; cannot move it aside: {e}"))
 
@@ -138,9 +139,9 @@ def _fold_into_archive(path: str, names: List[str], entries: List[_Entry], skipp
     try:
         archive = read_archive(path)
     except CorruptFile as e:
-        aside = f"{archive_path}{fmt.CORRUPT_SUFFIX}-{time.time_ns()}"
-        os.replace(archive_path, aside)
-        skipped.append((archive_path, f"{e}; moved to {os.path.basename(aside)}"))
+        aside = fmt.aside_name(fmt.ARCHIVE_NAME, time.time_ns())
+        os.replace(archive_path, os.path.join(path, aside))
+        skipped.append((archive_path, f"{e}; moved to {aside}"))
         archive = None
     except OSError as e:   # its counts cannot be carried over: fold nothing
         skipped.append((archive_path, f"{e}; compaction skipped"))

@@ -51,8 +51,9 @@ A zero ``kind`` below ``used`` is a record not yet visible to a reader.
 Directory entries: ``<pid>-<uid>.fm`` (a process file; any other visible
 ``*.fm`` is read as one too), ``archive.fm``, ``.lock`` (the directory lock),
 ``.<pid>-<uid>.fm.tmp`` (a process file being created), ``archive.fm.<pid>.tmp``
-(an archive being written) and ``*.corrupt`` (invalid files set aside).
-:func:`parse_name` is the one parser of these names.
+(an archive being written), ``<name>.corrupt`` and ``archive.fm.corrupt-<ns>``
+(invalid files set aside).  :func:`parse_name` is the one parser of these
+names; the functions next to it build them.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ import os
 import re
 import struct
 import zlib
-from typing import Dict, List, Literal, NamedTuple, Tuple, Union
+from typing import Dict, List, Literal, NamedTuple, Optional, Tuple, Union
 
 MAGIC = b"FMSHARD\x00"
 VERSION = 2   # written by every writer (the cores, compaction); version 1 is still read
@@ -243,6 +244,12 @@ def temp_name(name: str) -> str:
 def archive_temp_name(pid: int) -> str:
     """The name a compaction in process ``pid`` writes the next archive under."""
     return f"{ARCHIVE_NAME}.{pid}{TEMP_SUFFIX}"
+
+
+def aside_name(name: str, stamp_ns: Optional[int] = None) -> str:
+    """The name an invalid file ``name`` is set aside under; an archive's
+    carries the time (``stamp_ns``), as several may be set aside in turn."""
+    return f"{name}{CORRUPT_SUFFIX}" + (f"-{stamp_ns}" if stamp_ns is not None else "")
 
 
 _PROCESS_FILE_NAME = re.compile(r"(0|[1-9][0-9]*)-([0-9a-f]{%d})%s\Z" % (2 * UID_SIZE, re.escape(SUFFIX)))
