@@ -333,15 +333,3 @@ def test_multiprocess_enum_stamps_last_past_2041(impl, tmp_path):
         assert report["stamp_ns"] == year_2100_ns
     # The largest stamp the encoding holds, as a date: far beyond any clock.
     assert (2**63 - 1) >> 16 > 1000 * 86400 * 365 * 4000
-
-
-def test_arena_writers_use_the_one_file_layout(impl):
-    # The C arena (_arena.h) and its twin export the layout constants they
-    # write with; the one definition is the Python format module.
-    from fastmetrics import _core, _mpfile
-    arena = impl.core if impl.name == "c" else _core.arena()
-    assert arena.arena_layout() == {
-        "HDR_USED": _mpfile.USED_OFFSET, "REC_META_OFF": _mpfile.META_OFF, "REC_DATA_OFF": _mpfile.DATA_OFF,
-        "REC_ALIGN": _mpfile.ALIGN, "REC_CHUNK": _mpfile.CHUNK, "REC_WORDS": _mpfile.WORDS,
-        "STATE_BITS": _mpfile.STATE_BITS, "CHUNK_SLOTS": _mpfile.CHUNK_SLOTS, "MAX_CHUNKS": _mpfile.MAX_CHUNKS}
-    assert impl.core.MAX_SLOTS == _mpfile.CHUNK_SLOTS * _mpfile.MAX_CHUNKS

@@ -18,12 +18,11 @@ import threading
 from typing import Any, Dict, Optional
 
 from . import _core_py
-from ._mpfile import ALIGN, CHUNK, CHUNK_BYTES, CHUNK_SLOTS, DATA_OFF, MAX_CHUNKS, META_OFF, STATE_BITS, USED_OFFSET
-from ._mpfile import WORDS as WORDS_KIND
+from .multiprocess._format import (CHUNK_BYTES, CHUNK_SLOTS, HDR_USED, MAX_CHUNKS, REC_ALIGN, REC_CHUNK, REC_DATA_OFF,
+                                   REC_HEAD, REC_META_OFF, REC_WORDS, STATE_BITS)
 
 implementation = "python"
 RESERVE_STEP = 64 * 1024
-_RECORD = struct.Struct("=IIq")
 
 _lock = threading.Lock()
 _arena: Optional[memoryview] = None   # the mapping, or None when detached
@@ -60,15 +59,15 @@ def _append(kind: int, arg: int, payload_off: int, data: Optional[bytes], length
         arena = _arena
         if arena is None:
             raise _full()
-        with arena[USED_OFFSET:USED_OFFSET + 8] as field, field.cast("q") as used_word:
+        with arena[HDR_USED:HDR_USED + 8] as field, field.cast("q") as used_word:
             used = used_word[0]
-            size = (payload_off + length + ALIGN - 1) & ~(ALIGN - 1)
+            size = (payload_off + length + REC_ALIGN - 1) & ~(REC_ALIGN - 1)
             if used < 0 or size > len(arena) - used:
                 raise _full()
             _reserve_locked(arena, used + size)
             if data:
                 arena[used + payload_off:used + payload_off + length] = data
-            _RECORD.pack_into(arena, used, kind, length, arg)
+            REC_HEAD.pack_into(arena, used, kind, length, arg)
             used_word[0] = used + size
         return used + payload_off
 
@@ -82,11 +81,11 @@ class _Provider:
     """The store's chunk provider: chunks and enum words as records."""
 
     def chunk(self, c: int) -> Any:
-        return _view(_append(CHUNK, c, DATA_OFF, None, CHUNK_BYTES), "d")
+        return _view(_append(REC_CHUNK, c, REC_DATA_OFF, None, CHUNK_BYTES), "d")
 
     def words(self, c: int, initial: Optional[Any]) -> Any:
         data = struct.pack(f"={CHUNK_SLOTS}q", *initial) if initial is not None else None
-        return _view(_append(WORDS_KIND, c, DATA_OFF, data, CHUNK_BYTES), "q")
+        return _view(_append(REC_WORDS, c, REC_DATA_OFF, data, CHUNK_BYTES), "q")
 
     def before_fork(self) -> None:
         _lock.acquire()
@@ -117,7 +116,7 @@ def _mp_attach(buffer: Any, fd: int, path: str) -> None:
     with _lock:
         _arena = memoryview(buffer).cast("B")
         _fd, _path = fd, path
-        with _arena[USED_OFFSET:USED_OFFSET + 8] as field, field.cast("q") as used_word:
+        with _arena[HDR_USED:HDR_USED + 8] as field, field.cast("q") as used_word:
             _reserved = used_word[0]   # the header is written
     try:
         _core_py.words_rehome()
@@ -135,11 +134,11 @@ def _mp_detach() -> None:
 def _mp_record(kind: int, arg: int, payload: bytes) -> None:
     """Append a metadata record (``MemoryError`` when full, ``OSError`` when
     its pages cannot be reserved)."""
-    _append(kind, arg, META_OFF, payload, len(payload))
+    _append(kind, arg, REC_META_OFF, payload, len(payload))
 
 
 def arena_layout() -> Dict[str, int]:
     """The file-layout constants this writer uses (see the C twin)."""
-    return {"HDR_USED": USED_OFFSET, "REC_META_OFF": META_OFF, "REC_DATA_OFF": DATA_OFF, "REC_ALIGN": ALIGN,
-            "REC_CHUNK": CHUNK, "REC_WORDS": WORDS_KIND, "STATE_BITS": STATE_BITS,
+    return {"HDR_USED": HDR_USED, "REC_META_OFF": REC_META_OFF, "REC_DATA_OFF": REC_DATA_OFF,
+            "REC_ALIGN": REC_ALIGN, "REC_CHUNK": REC_CHUNK, "REC_WORDS": REC_WORDS, "STATE_BITS": STATE_BITS,
             "CHUNK_SLOTS": CHUNK_SLOTS, "MAX_CHUNKS": MAX_CHUNKS}

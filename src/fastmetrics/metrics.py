@@ -69,9 +69,8 @@ class Recorder(Protocol):
     def check_strings(self, what: str, strings: Iterable[Any]) -> None: ...
     def check_labelvalues(self, values: Iterable[str]) -> None: ...
     def check_states(self, states: Iterable[Any]) -> None: ...
-    def counter_created(self, metric: "Counter") -> None: ...
-    def counter_slot(self, metric: "Counter", slot: int) -> None: ...
-    def enum_created(self, metric: "Enum") -> None: ...
+    def counter_slot(self, metric: "_MetricWrapper", slot: int) -> None: ...
+    def enum_slot(self, metric: "_MetricWrapper", slot: int) -> None: ...
 
 
 _recorder: Optional[Recorder] = None
@@ -297,7 +296,7 @@ class _CounterAPI(_MetricWrapper):
         self._init_value()
         self._created = time.time()
         if _recorder is not None:
-            _recorder.counter_created(self)
+            _recorder.counter_slot(self, self._slot_index())
 
     def collect(self) -> Iterable[Metric]:
         """One family; O(children x live shards).  Builds each Sample once
@@ -392,7 +391,7 @@ class _EnumAPI(_MetricWrapper):
             _recorder.check_states(self._states)
         self._init_value(self._states)
         if _recorder is not None:
-            _recorder.enum_created(self)
+            _recorder.enum_slot(self, self._slot_index())
 
     @property
     def _value(self) -> int:

@@ -1,6 +1,6 @@
 """Fuzzing the multiprocess reader and compaction with damaged real files.
 
-Real workers of both implementations (``tests/_mp_worker.py``, scenario
+Real workers of both implementations (``_mp_worker.py``, scenario
 ``declare``) write the files: two kept intact (``keep_a``, ``keep_b``), and
 victims (a process file of each implementation, and an archive folded from
 one).  Each case puts a mutated copy of one victim in a fresh directory next
@@ -22,18 +22,18 @@ import os
 import random
 import shutil
 import socket
-import struct
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Tuple
 
+import _fmfile as fm
 import pytest
+from _cluster import Cluster
+from _expose import bounded, samples
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-import _fmfile as fm
 from fastmetrics.multiprocess import MultiProcessCollector, compact
-from test_mp_robustness import bounded
-from test_multiprocess import Cluster, samples
+from fastmetrics.multiprocess import _format as fmt
 
 pytest.importorskip("fcntl", reason="multiprocess mode needs POSIX (fcntl.flock)")
 
@@ -54,8 +54,8 @@ def _used_bytes(path: Path) -> bytes:
     """A process file up to its ``used`` offset: the same content, without
     the tens of MiB of sparse capacity."""
     with open(path, "rb") as f:
-        head = f.read(128)
-        return head + f.read(struct.unpack_from("=q", head, 64)[0] - 128)
+        head = f.read(fmt.HDR_SIZE)
+        return head + f.read(fm.used_of(head) - fmt.HDR_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +90,7 @@ def corpus(tmp_path_factory) -> Corpus:
 # -- mutations -------------------------------------------------------------------------
 
 def _record_offsets(data: bytes) -> List[int]:
-    offsets, off, used = [], 128, struct.unpack_from("=q", data, 64)[0]
-    while off < used:
-        kind, length, _ = fm.RECORD.unpack_from(data, off)
-        if kind == 0:
-            break
-        offsets.append(off)
-        off = fm.align(off + (128 if kind in fm.DATA_KINDS else 16) + length)
-    return offsets
+    return [off for off, _, _ in fm.walk(data)]
 
 
 def flip(rng: random.Random, data: bytes) -> bytes:
@@ -105,9 +98,9 @@ def flip(rng: random.Random, data: bytes) -> bytes:
     where = rng.choice(["header", "record", "anywhere"])
     for _ in range(rng.randint(1, 8)):
         if where == "header":
-            i = rng.randrange(128)
+            i = rng.randrange(fmt.HDR_SIZE)
         elif where == "record":
-            i = rng.choice(_record_offsets(data)) + rng.randrange(16)
+            i = rng.choice(_record_offsets(data)) + rng.randrange(fmt.REC_HEAD.size)
         else:
             i = rng.randrange(len(out))
         out[i] ^= rng.randint(1, 255)
@@ -121,7 +114,7 @@ def truncate(rng: random.Random, data: bytes) -> bytes:
 def extend(rng: random.Random, data: bytes) -> bytes:
     out = bytearray(data + rng.randbytes(rng.randint(1, 4096)))
     if rng.random() < 0.5:   # and publish the garbage
-        struct.pack_into("=q", out, 64, fm.align(len(out)) if rng.random() < 0.5 else len(out))
+        fmt.USED.pack_into(out, fmt.HDR_USED, fmt.align(len(out)) if rng.random() < 0.5 else len(out))
     return bytes(out)
 
 
@@ -134,7 +127,7 @@ def zero(rng: random.Random, data: bytes) -> bytes:
 def used(rng: random.Random, data: bytes) -> bytes:
     value = rng.choice([-1, 0, 64, 127, 129, 2**63 - 1, len(data) + 128, len(data) - 128,
                         rng.randrange(len(data)), rng.randrange(2**40)])
-    return data[:64] + struct.pack("=q", value) + data[72:]
+    return data[:fmt.HDR_USED] + fmt.USED.pack(value) + data[fmt.HDR_USED + fmt.USED.size:]
 
 
 def swap(rng: random.Random, data: bytes) -> bytes:
@@ -151,7 +144,7 @@ _GARBAGE_JSON = [b"", b"null", b"[]", b"{}", b'"x"', b"1e999", b"[" * 5000, b"\x
 
 
 def _json_variant(rng: random.Random, kind: int) -> bytes:
-    type_ = "counter" if kind in (fm.COUNTER, fm.TOTAL) else "stateset"
+    type_ = fmt.COUNTER if kind in (fmt.REC_COUNTER, fmt.REC_TOTAL) else fmt.STATESET
     states = None if type_ == "counter" else ["a", "b"]
     surrogate = os.fsdecode(b"\xff")
     variants = _GARBAGE_JSON + [
@@ -180,9 +173,9 @@ def rewrite(rng: random.Random, data: bytes) -> bytes:
     i = rng.randrange(len(records))
     rec = records[i]
     what = rng.choice(["json", "slot", "kind", "header", "value", "duplicate"])
-    if what == "json" and rec.kind in (fm.COUNTER, fm.ENUM, fm.TOTAL, fm.LAST):
-        prefix = rec.payload[4:12] if rec.kind in (fm.TOTAL, fm.LAST) else b""
-        records[i] = rec._replace(payload=fm.checked(prefix + _json_variant(rng, rec.kind)))
+    if what == "json" and rec.kind in (fmt.REC_COUNTER, fmt.REC_ENUM, fmt.REC_TOTAL, fmt.REC_LAST):
+        prefix = rec.payload[fmt.CRC.size:fmt.CRC.size + 8] if rec.kind in (fmt.REC_TOTAL, fmt.REC_LAST) else b""
+        records[i] = rec._replace(payload=fmt.checked(prefix + _json_variant(rng, rec.kind)))
     elif what == "slot":
         records[i] = rec._replace(arg=rng.choice([-1, 2**20, 2**40, rng.randrange(1024), 2047, 2048]))
     elif what == "kind":
@@ -192,16 +185,16 @@ def rewrite(rng: random.Random, data: bytes) -> bytes:
                                      ("pid", [0, -1, 2**62]), ("created_ns", [0, -1, 2**62]),
                                      ("uid", [bytes(16), os.urandom(16)])])
         return fm.rebuild(parsed, records, **{field: rng.choice(choices)})
-    elif what == "value" and rec.kind in (fm.CHUNK, fm.WORDS, fm.TOTAL, fm.LAST):
-        fmt = "=d" if rec.kind in (fm.CHUNK, fm.TOTAL) else "=q"
-        new = (rng.choice([math.nan, -1.0, math.inf, -math.inf, 5e-324, 1.7e308]) if fmt == "=d"
+    elif what == "value" and rec.kind in (fmt.REC_CHUNK, fmt.REC_WORDS, fmt.REC_TOTAL, fmt.REC_LAST):
+        packed = fmt.F64 if rec.kind in (fmt.REC_CHUNK, fmt.REC_TOTAL) else fmt.I64
+        new = (rng.choice([math.nan, -1.0, math.inf, -math.inf, 5e-324, 1.7e308]) if packed is fmt.F64
                else rng.choice([-1, 2**63 - 1, rng.randrange(2**63), 65535, 4096]))
         payload = bytearray(rec.payload)
-        if rec.kind in (fm.CHUNK, fm.WORDS):
-            struct.pack_into(fmt, payload, 8 * rng.randrange(512), new)
+        if rec.kind in fmt.DATA_KINDS:
+            packed.pack_into(payload, packed.size * rng.randrange(fmt.CHUNK_SLOTS), new)
         else:
-            struct.pack_into(fmt, payload, 4, new)
-            payload = bytearray(fm.checked(bytes(payload[4:])))
+            packed.pack_into(payload, fmt.CRC.size, new)
+            payload = bytearray(fmt.checked(bytes(payload[fmt.CRC.size:])))
         records[i] = rec._replace(payload=bytes(payload))
     elif what == "duplicate":
         records.insert(rng.randrange(len(records) + 1), rec)

@@ -1,4 +1,4 @@
-"""Subprocess side of ``tests/test_multiprocess.py``; pytest never imports it.
+"""Subprocess side of the tests in ``tests/multiprocess/`` (``_cluster.Worker``); pytest never imports it.
 
     python _mp_worker.py SCENARIO IMPL JSON_ARGS
 
@@ -421,6 +421,7 @@ def scenario_enable_errors(args: dict) -> None:
     this core writes)."""
     import fastmetrics
     from fastmetrics import multiprocess
+    from fastmetrics.multiprocess import _writer
 
     path, other = args["path"], args["other"]
     errors = {
@@ -435,7 +436,7 @@ def scenario_enable_errors(args: dict) -> None:
     errors["enabled"] = multiprocess.enable(path)
     errors["again"] = multiprocess.enable(path)
     errors["other_directory"] = _error(lambda: multiprocess.enable(other))
-    limit = multiprocess._recorder.max_states
+    limit = _writer._recorder.max_states
     states = [f"s{i}" for i in range(limit + 1)]
     errors["limit"] = limit
     errors["states_over"] = _error(lambda: fastmetrics.Enum("mp_big", "Too many states.", states=states))

@@ -1,0 +1,137 @@
+"""MultiProcessCollector: what an exporter serves from a directory (families
+it never declared, enum modes), a collector kept across scrapes, a directory
+lock it cannot take."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import pytest
+from _expose import Labels, bounded, enum_states, expected_count_totals, fm_files, scrape, serve, skipped_paths
+from _expose import assert_counters, value
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from fastmetrics.multiprocess import MultiProcessCollector, compact
+
+pytest.importorskip("fcntl", reason="multiprocess mode needs POSIX (fcntl.flock)")
+
+
+def _mp_lines(text: str) -> List[str]:
+    lines = [line for line in text.splitlines()
+             if (line.startswith("mp_") or line.split(" ", 2)[-1].startswith("mp_")
+                 or line.startswith(("# HELP mp_", "# TYPE mp_", "# UNIT mp_")))
+             and "_created" not in line]
+    return sorted(lines)
+
+
+def test_an_exporter_that_declared_nothing_serves_the_full_families(mp):
+    """This process never declared the workers' metrics, yet the collector
+    serves them as the worker's own registry does: same names, HELP (escaped
+    newline and backslash), TYPE, UNIT, labels and values, in both exposition
+    formats (minus ``_created``, which multiprocess mode drops)."""
+    assert not any(family.name.startswith("mp_") for family in REGISTRY.collect())
+    msg = mp.run("count", n=10, label="w")
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(mp.path), enum_mode="mostrecent")
+    for fmt, generate, lines in (("text", generate_latest, 20), ("openmetrics", generate_openmetrics, 21)):
+        served, declared = _mp_lines(generate(registry).decode()), _mp_lines(msg[fmt])
+        assert served == declared, fmt
+        assert len(served) == lines   # 5 families, 10 samples (+ 1 UNIT line in OpenMetrics)
+    text = generate_latest(registry).decode()
+    assert "# HELP mp_bytes_total Bytes moved.\\nSecond line, with a \\\\ backslash.\n" in text
+    assert "# TYPE mp_phase gauge\n" in text   # how the text format shows a stateset
+    assert "# UNIT mp_bytes bytes\n" in generate_openmetrics(registry).decode()
+
+
+def test_enum_pid_and_mostrecent_modes(mp):
+    """``pid`` mode shows each live process's state with its pid; ``mostrecent``
+    shows the state set last in time over all processes, exited ones included,
+    and keeps doing so through compaction (an older process's newer state wins
+    over a newer file's older state)."""
+    def series(pid: Optional[int] = None) -> Labels:
+        return (("pid", str(pid)), ("role", "reader")) if pid else (("role", "reader"),)
+
+    def states(mode: str) -> Dict[Labels, str]:
+        return enum_states(scrape(mp.path, enum_mode=mode, compact=False)[1], "mp_role")
+
+    p1 = mp.serve()
+    p1.call("state", metric="role", labels=["reader"], state="idle")
+    p2 = mp.serve()
+    p2.call("state", metric="role", labels=["reader"], state="busy")
+    assert states("pid") == {series(p1.pid): "idle", series(p2.pid): "busy"}
+    p2.exit()
+    assert states("pid") == {series(p1.pid): "idle"}
+    assert states("mostrecent") == {series(): "busy"}   # the exited process set it last
+
+    p1.call("state", metric="role", labels=["reader"], state="done")   # older file, newer state
+    assert states("mostrecent") == {series(): "done"}
+    assert compact(str(mp.path)).absorbed == 1   # p2 folded; p1 alive
+    assert states("mostrecent") == {series(): "done"}
+    assert states("pid") == {series(p1.pid): "done"}
+
+    p1.exit()
+    assert compact(str(mp.path)).absorbed == 1
+    assert states("mostrecent") == {series(): "done"}
+    assert states("pid") == {}
+    p3 = mp.serve()
+    p3.call("state", metric="role", labels=["reader"], state="busy")
+    p3.exit()
+    assert compact(str(mp.path)).absorbed == 1   # archive vs archive: the later stamp wins
+    assert states("mostrecent") == {series(): "busy"}
+
+
+def test_one_collector_follows_a_live_process_and_lets_it_be_compacted(mp):
+    """The same collector scrapes again and again while a live worker adds
+    values, labelled children, threads (new chunks) and enum states: each
+    scrape is exact.  Files that collectors keep mapped between scrapes do not
+    look alive: once the worker exits and a second collector has read its
+    file, the first collector's compaction still folds it."""
+    registry = CollectorRegistry()
+    collector = MultiProcessCollector(registry, str(mp.path))
+
+    def text() -> str:
+        out = generate_latest(registry).decode()
+        assert collector.skipped == []
+        return out
+
+    worker = mp.serve()
+    worker.call("inc", metric="ops", amount=2)
+    assert value(text(), "mp_ops_total") == 2
+    worker.call("inc", metric="ops", times=1000, threads=4)
+    for code in range(40):   # new series: metadata records appended after the first scrape
+        worker.call("inc", metric="bytes", labels=["in", str(code)], amount=code)
+    worker.call("state", metric="role", labels=["writer"], state="busy")
+    out = text()
+    assert value(out, "mp_ops_total") == 4002
+    assert [value(out, "mp_bytes_total", direction="in", code=str(code)) for code in range(40)] == \
+        [float(code) for code in range(40)]
+    assert enum_states(out, "mp_role") == {(("pid", str(worker.pid)), ("role", "writer")): "busy"}
+    worker.call("reset", metric="ops")
+    worker.call("inc", metric="ops", amount=5)
+    assert value(text(), "mp_ops_total") == 5
+    assert fm_files(mp.path) != ["archive.fm"]
+
+    worker.exit()
+    lazy_registry = CollectorRegistry()   # maps the exited worker's file and keeps it mapped
+    MultiProcessCollector(lazy_registry, str(mp.path), compact=False)
+    assert value(generate_latest(lazy_registry).decode(), "mp_ops_total") == 5
+    out = text()
+    assert fm_files(mp.path) == ["archive.fm"]
+    assert value(out, "mp_ops_total") == 5
+    assert value(out, "mp_bytes_total", direction="in", code="39") == 39
+    assert enum_states(out, "mp_role") == {}
+
+
+def test_a_lock_that_is_a_directory_is_reported_and_the_scrape_served(mp):
+    """``.lock`` is a directory: the scrape reads without the lock and
+    reports it, compaction does not run (reported), nothing raises."""
+    mp.run("count", n=10, label="w")
+    lock = mp.path / ".lock"
+    lock.mkdir()
+    collector, text, _ = serve(mp.path)
+    assert_counters(text, expected_count_totals({"w": 10}))
+    assert skipped_paths(collector.skipped) == [str(lock)]
+    result = bounded(lambda: compact(str(mp.path)))
+    assert result.ran is False and skipped_paths(result.skipped) == [str(lock)]
+    assert len(fm_files(mp.path)) == 1 and "archive.fm" not in fm_files(mp.path)
