@@ -4,7 +4,6 @@ with it, its bytes are pinned, its names parse, its enum words decode."""
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import zlib
