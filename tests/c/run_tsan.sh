@@ -2,8 +2,8 @@
 # Build tests/c/tsan_shards.c (which includes src/fastmetrics/_shards.h) twice
 # and run it: under ThreadSanitizer (-fsanitize=thread -O1 -g; any report halts
 # it with a non-zero exit; -Wno-tsan: the writer fence it warns about runs only
-# where no asymmetric barrier exists, never on Linux) and plainly at -O2 (a correctness run, at a larger
-# scale since it is ~10x faster).  Exits non-zero on any failure.
+# where membarrier is unavailable) and plainly at -O2 (a correctness run, at a
+# larger scale since it is ~10x faster).  Exits non-zero on any failure.
 #
 #   bash tests/c/run_tsan.sh            # both builds
 #   CC=clang bash tests/c/run_tsan.sh   # another compiler
