@@ -15,6 +15,7 @@ fi
 dir=$1
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
+# The pin: tests/_support.py's PYCTI_VERSION (tests/test_support.py checks they agree).
 pycti_version=7.261026.0
 
 if [ ! -x "$dir/bin/python" ]; then

@@ -21,18 +21,15 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import pytest
 
 from fastmetrics._cli.bench.subjects import PYCTI, load_pycti_handler_module
+from fastmetrics._core import _env_flag as env_flag
 from fastmetrics._cli.bench.timing import Workload, calibrate, gc_paused
 
-PYCTI_VERSION = "7.261026.0"
+PYCTI_VERSION = "7.261026.0"   # = tests/_support.py's (tests/test_support.py checks)
 PYCTI_MEMBER = "pycti/connector/opencti_metric_handler.py"
 
 
-def truthy(value: Optional[str]) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def in_ci() -> bool:
-    return truthy(os.environ.get("CI"))
+    return env_flag("CI")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ Run: ``PYTHONPATH=src python -m pytest bench/`` (add ``--bench-quick`` for CI).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -55,7 +54,7 @@ if str(HERE) not in sys.path:  # so the helper modules import under any --import
 
 import _gates  # noqa: E402
 import _report  # noqa: E402
-from _harness import Measure, Settings, in_ci, pycti_module, truthy, unavailable  # noqa: E402
+from _harness import Measure, Settings, env_flag, in_ci, pycti_module, unavailable  # noqa: E402
 
 DEFAULT_PHASE = 10
 
@@ -78,7 +77,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _settings(config: pytest.Config) -> Settings:
-    quick = config.getoption("--bench-quick") or truthy(os.environ.get("FASTMETRICS_BENCH_QUICK"))
+    quick = config.getoption("--bench-quick") or env_flag("FASTMETRICS_BENCH_QUICK")
     try:
         return Settings.make(bool(quick), config.getoption("--bench-reps"))
     except ValueError as exc:

@@ -8,19 +8,11 @@ Outside those switches a missing extension is an error, not a skip.
 
 from __future__ import annotations
 
-import importlib
-import os
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
+from _support import IMPL_PARAMS, Impl, extensions_disabled, load
 from prometheus_client import CollectorRegistry
-
-from fastmetrics import _core_py, metrics
-
-
-def _extensions_disabled() -> bool:
-    return os.environ.get("FASTMETRICS_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,7 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    if not (config.getoption("--no-c-extensions") or _extensions_disabled()):
+    if not (config.getoption("--no-c-extensions") or extensions_disabled()):
         return
     skip = pytest.mark.skip(reason="C extension disabled (--no-c-extensions / FASTMETRICS_NO_EXTENSIONS)")
     for item in items:
@@ -41,36 +33,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             item.add_marker(skip)
 
 
-@dataclass(frozen=True)
-class Impl:
-    """One implementation: its core module and the public classes built on it."""
-
-    name: str
-    core: Any
-    Counter: type
-    Enum: type
-
-    def stats(self) -> dict:
-        return self.core.stats()  # type: ignore[no-any-return]
-
-
-def _load(name: str) -> Impl:
-    if name == "python":
-        core = _core_py
-    else:
-        core = importlib.import_module("fastmetrics._core_c")
-    counter, enum = metrics.classes_for(core)
-    return Impl(name, core, counter, enum)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("c", marks=pytest.mark.c_extension),
-        pytest.param("python"),
-    ]
-)
+@pytest.fixture(params=IMPL_PARAMS)
 def impl(request: pytest.FixtureRequest) -> Impl:
-    return _load(request.param)
+    """One implementation (``_support.Impl``): its classes for this process and
+    the environment of a child process that must run it."""
+    return load(request.param)
 
 
 @pytest.fixture

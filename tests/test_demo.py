@@ -6,7 +6,6 @@ The command line itself, in process: ``tests/test_cli.py``."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -18,9 +17,8 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from _support import free_port, package_env
 from prometheus_client.parser import text_string_to_metric_families
-
-import fastmetrics
 
 TIMEOUT = 60.0  # bound on any wait for the demo
 PREFIX = "opencti_connector_"
@@ -28,26 +26,12 @@ COUNTERS = ["bundles_sent_total", "records_sent_total", "runs_total", "ping_api_
             "ping_api_errors_total", "errors_total", "client_errors_total"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def demo_command(*args: str) -> List[str]:
     return [sys.executable, "-m", "fastmetrics", "demo", *args]
 
 
-def demo_env() -> Dict[str, str]:
-    """Our environment with the imported fastmetrics' directory first on PYTHONPATH."""
-    root = str(Path(fastmetrics.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
-
-
 def run_demo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(demo_command(*args), env=demo_env(), stdin=subprocess.DEVNULL,
+    return subprocess.run(demo_command(*args), env=package_env(), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT)
 
 
@@ -63,7 +47,7 @@ def start_demo(tmp_path: Path) -> Iterator[Any]:
         n = len(procs)
         out_path, err_path = tmp_path / f"demo{n}.out", tmp_path / f"demo{n}.err"
         files.extend([open(out_path, "w"), open(err_path, "w")])
-        proc = subprocess.Popen(demo_command(*args), env=demo_env(), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(demo_command(*args), env=package_env(), stdin=subprocess.DEVNULL,
                                 stdout=files[-2], stderr=files[-1])
         proc.out_path, proc.err_path = out_path, err_path  # type: ignore[attr-defined]
         procs.append(proc)

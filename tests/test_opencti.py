@@ -27,10 +27,11 @@ import textwrap
 import threading
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import prometheus_client
 import pytest
+from _support import free_port
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -69,18 +70,8 @@ class Recorder:
         self.calls.append(("error", args, kwargs))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def family_names() -> List[str]:
     return [family.name for family in REGISTRY.collect()]
-
-
-def handler_class(impl: Any) -> Any:
-    return opencti.handler_class_for(impl.core)
 
 
 def scrape(port: int, openmetrics: bool = False, host: str = "127.0.0.1") -> Tuple[str, str]:
@@ -100,11 +91,11 @@ def stop_server(port: int) -> None:
             server.server_close()
 
 
-def run_python(code: str, *args: str) -> Any:
-    """Run ``code`` in a fresh interpreter (fresh default REGISTRY) with this
-    process's environment, so it imports the same fastmetrics; its last stdout line
-    is JSON."""
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+def run_python(code: str, *args: str, env: Optional[Dict[str, str]] = None) -> Any:
+    """Run ``code`` in a fresh interpreter (fresh default REGISTRY) with ``env``
+    (default: this process's environment), so it imports the same fastmetrics;
+    its last stdout line is JSON."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -120,16 +111,16 @@ def test_public_names() -> None:
 
 
 def test_class_per_implementation(impl: Any) -> None:
-    cls = handler_class(impl)
+    cls = impl.Handler
     assert cls is opencti.handler_class_for(impl.core)
     assert cls.__name__ == "OpenCTIMetricHandler"
-    assert cls.__mro__[1] is _core.dispatch_for(impl.core).Dispatcher
+    assert cls.__mro__[1] is impl.dispatch.Dispatcher is _core.dispatch_for(impl.core).Dispatcher
     assert issubclass(cls._counter_class, impl.core.CounterCore)
     assert issubclass(cls._enum_class, impl.core.EnumCore)
 
 
 def test_signature(impl: Any) -> None:
-    params = list(inspect.signature(handler_class(impl)).parameters.values())
+    params = list(inspect.signature(impl.Handler).parameters.values())
     assert [(p.name, p.kind, p.default) for p in params] == [
         ("connector_logger", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
         ("activated", inspect.Parameter.POSITIONAL_OR_KEYWORD, False),
@@ -156,7 +147,7 @@ def held_port() -> Iterator[int]:
 def test_not_activated_does_nothing(impl: Any, held_port: int, activated: Any) -> None:
     logger = Recorder()
     before = family_names()
-    handler = handler_class(impl)(logger, activated, "ns", "sub", held_port, addr="127.0.0.1")
+    handler = impl.Handler(logger, activated, "ns", "sub", held_port, addr="127.0.0.1")
     assert handler.activated is activated
     assert handler.connector_logger is logger
     assert not hasattr(handler, "_metrics")
@@ -174,7 +165,7 @@ def test_not_activated_does_nothing(impl: Any, held_port: int, activated: Any) -
 def test_activated_later_without_metrics_raises_as_pycti(impl: Any, held_port: int) -> None:
     # pycti: ``if self.activated: self._metric_exists(...)`` reads the missing _metrics.
     logger = Recorder()
-    handler = handler_class(impl)(logger, False, port=held_port, addr="127.0.0.1")
+    handler = impl.Handler(logger, False, port=held_port, addr="127.0.0.1")
     handler.activated = True
     with pytest.raises(AttributeError, match="has no attribute '_metrics'"):
         handler.inc("bundle_send")
@@ -187,7 +178,7 @@ def test_busy_port_logs_then_raises_oserror(impl: Any, held_port: int) -> None:
     logger = Recorder()
     before = family_names()
     with pytest.raises(OSError) as excinfo:
-        handler_class(impl)(logger, True, "ns", "sub", held_port, addr="127.0.0.1")
+        impl.Handler(logger, True, "ns", "sub", held_port, addr="127.0.0.1")
     assert excinfo.value.errno == errno.EADDRINUSE
     assert logger.calls == [("info", ("Exposing metrics on port", {"port": held_port}), {})]
     assert family_names() == before
@@ -201,7 +192,7 @@ def test_addr_is_the_interface_served(impl: Any) -> None:
     except OSError as exc:
         pytest.skip(f"{host} is not usable here: {exc}")
     namespace = f"fmaddr_{impl.name}"
-    handler = handler_class(impl)(Recorder(), True, namespace, "", port, addr=host)
+    handler = impl.Handler(Recorder(), True, namespace, "", port, addr=host)
     try:
         handler.inc("run_count", 4)
         assert f"{namespace}_runs_total 4.0\n" in scrape(port, host=host)[1]
@@ -253,7 +244,7 @@ def live(impl: Any, live_handlers: Dict[str, Live]) -> Live:
         logger = Recorder()
         port = free_port()
         prefix = f"fmtest_{impl.name}_opencti"
-        handler = handler_class(impl)(logger, True, f"fmtest_{impl.name}", "opencti", port, addr="127.0.0.1")
+        handler = impl.Handler(logger, True, f"fmtest_{impl.name}", "opencti", port, addr="127.0.0.1")
         entry = live_handlers[impl.name] = Live(handler, logger, port, prefix, list(logger.calls))
     for key, _, _ in COUNTER_KEYS:
         entry.handler._metrics[key].reset()
@@ -545,17 +536,15 @@ def test_scrape_over_http(live: Live) -> None:
 _FRESH = """
 import errno, json, sys, urllib.request
 from prometheus_client import REGISTRY, generate_latest
-from fastmetrics import opencti, _core_py
-import importlib
-core = _core_py if sys.argv[1] == "python" else importlib.import_module("fastmetrics._core_c")
-Handler = opencti.handler_class_for(core)
+from fastmetrics import opencti
+Handler = opencti.OpenCTIMetricHandler
 
 class Logger:
     def __init__(self): self.calls = []
     def info(self, *a): self.calls.append(["info", a[0], a[1]])
     def error(self, *a): self.calls.append(["error", a[0], repr(a[1])])
 
-port1, port2 = int(sys.argv[2]), int(sys.argv[3])
+port1, port2 = int(sys.argv[1]), int(sys.argv[2])
 out = {}
 log = Logger()
 first = Handler(log, "FALSE", "", "", port1, addr="127.0.0.1")
@@ -584,7 +573,7 @@ print(json.dumps(out))
 
 def test_fresh_process_bare_names_and_second_handler(impl: Any) -> None:
     port1, port2 = free_port(), free_port()
-    out = run_python(_FRESH, impl.name, str(port1), str(port2))
+    out = run_python(impl.prologue + _FRESH, str(port1), str(port2), env=impl.env())
     assert out["fastmetrics"] == opencti.__file__
     assert out["activated"] == "FALSE"  # truth-tested, kept as given
     text = out["exposition"]

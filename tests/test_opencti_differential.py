@@ -11,7 +11,7 @@ normalised (``_created`` values, checked to fall in the construction window;
 the values of the process / platform / gc collectors' samples; port numbers in
 log metas).
 
-The real pycti (7.261026.0) lives in a separate venv whose python is given by
+The real pycti (``_support.PYCTI_VERSION``) lives in a separate venv whose python is given by
 ``FASTMETRICS_PYCTI_PYTHON`` (``bash .ci/pycti-venv.sh DIR`` makes it, with this
 checkout's fastmetrics installed).  Every side runs in that venv, with this
 process's environment, and imports pycti, so the only difference is the
@@ -27,19 +27,17 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+from _support import PYCTI_VERSION, Impl, free_port, skip_or_fail
 
 import fastmetrics
 
-PYCTI_VERSION = "7.261026.0"
-
 SCENARIO = r'''
-import importlib, json, sys, time, urllib.request
+import json, sys, time, urllib.request
 
 import prometheus_client
 import pycti  # every side imports the same modules: only the handler class differs
@@ -50,9 +48,9 @@ cfg = json.loads(sys.argv[1])
 if cfg["side"] == "pycti":
     from pycti.connector.opencti_metric_handler import OpenCTIMetricHandler as Handler
     extra = {}
-else:
-    core = importlib.import_module({"c": "fastmetrics._core_c", "python": "fastmetrics._core_py"}[cfg["side"]])
-    Handler = fastmetrics.opencti.handler_class_for(core)
+else:   # the implementation the environment selected, checked to be the one asked for
+    assert fastmetrics.implementation == cfg["side"], fastmetrics.implementation
+    Handler = fastmetrics.opencti.OpenCTIMetricHandler
     extra = {"addr": "127.0.0.1"}
 
 
@@ -325,8 +323,8 @@ def test_normalise_keeps_log_and_error_differences() -> None:
 # -- against the real pycti -----------------------------------------------------------------
 
 
-def _run(python: str, code: str, *args: str) -> Any:
-    proc = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, timeout=180)
+def _run(python: str, code: str, *args: str, env: Optional[Dict[str, str]] = None) -> Any:
+    proc = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, f"{python} failed:\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -345,13 +343,8 @@ def pycti_python() -> str:
     """The python of the venv holding the real pycti (``FASTMETRICS_PYCTI_PYTHON``)."""
     python = os.environ.get("FASTMETRICS_PYCTI_PYTHON", "").strip()
     if not python:
-        reason = (
-            "FASTMETRICS_PYCTI_PYTHON is not set: create the venv with `bash .ci/pycti-venv.sh DIR` "
-            "and set FASTMETRICS_PYCTI_PYTHON=DIR/bin/python to compare against the real pycti"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (required when CI=true)", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail("FASTMETRICS_PYCTI_PYTHON is not set: create the venv with `bash .ci/pycti-venv.sh DIR` "
+                     "and set FASTMETRICS_PYCTI_PYTHON=DIR/bin/python to compare against the real pycti")
     version, package, sources = _run(python, _SOURCES)
     assert version == PYCTI_VERSION, f"{python} has pycti {version}, expected {PYCTI_VERSION}"
     here = Path(fastmetrics.__file__).parent
@@ -364,35 +357,26 @@ def pycti_python() -> str:
     return python
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 _pycti_results: Dict[Tuple[str, str, Any], Dict[str, Any]] = {}
 
 
-def _scenario(python: str, side: str, case: Tuple[str, str, Any]) -> Dict[str, Any]:
-    ports = (_free_port(), _free_port())
+def _scenario(python: str, case: Tuple[str, str, Any], impl: Optional[Impl] = None) -> Dict[str, Any]:
+    """``SCENARIO`` on pycti's handler, or on ours running ``impl``."""
+    ports = (free_port(), free_port())
     while ports[1] == ports[0]:
-        ports = (ports[0], _free_port())
+        ports = (ports[0], free_port())
+    side = "pycti" if impl is None else impl.implementation
     cfg = {"side": side, "namespace": case[0], "subsystem": case[1], "activated": case[2], "ports": ports}
-    raw = _run(python, SCENARIO, json.dumps(cfg))
+    raw = _run(python, SCENARIO, json.dumps(cfg), env=None if impl is None else impl.env())
     return dict(normalise(raw, ports), raw=raw)
 
 
-def _side_params() -> List[Any]:
-    return [pytest.param("c", marks=pytest.mark.c_extension, id="c"), pytest.param("python", id="python")]
-
-
-@pytest.mark.parametrize("side", _side_params())
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_same_as_pycti(pycti_python: str, case: Tuple[str, str, Any], side: str) -> None:
+def test_same_as_pycti(pycti_python: str, case: Tuple[str, str, Any], impl: Impl) -> None:
     if case not in _pycti_results:
-        _pycti_results[case] = _scenario(pycti_python, "pycti", case)
+        _pycti_results[case] = _scenario(pycti_python, case)
     theirs = _pycti_results[case]
-    ours = _scenario(pycti_python, side, case)
+    ours = _scenario(pycti_python, case, impl)
     assert theirs["raw"]["handler"] == "pycti.connector.opencti_metric_handler"
     assert ours["raw"]["handler"] == "fastmetrics.opencti"
 

@@ -2,7 +2,7 @@
 
 Each scenario that could hang runs in a subprocess with a hard deadline: a
 deadlock is a failed test, never a stuck suite.  Subprocesses select the
-implementation through ``FASTMETRICS_NO_EXTENSIONS``, as users do.
+implementation through their environment (``impl.env()``), as users do.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import textwrap
 import threading
 
 import pytest
+from _support import skip_or_fail
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Enum as PromEnum
 
@@ -26,18 +27,9 @@ def _run(impl, code: str, timeout: float = 60.0, **environ: str) -> str:
     """Run ``code`` in a fresh interpreter on ``impl`` with ``environ`` added;
     its stdout, or fail on a non-zero exit, a signal or a hang (the process is
     killed at ``timeout``)."""
-    env = dict(os.environ)
-    env.pop("FASTMETRICS_MULTIPROC_DIR", None)
-    env.update(environ)
-    if impl.name == "python":
-        env["FASTMETRICS_NO_EXTENSIONS"] = "1"
-    else:
-        env.pop("FASTMETRICS_NO_EXTENSIONS", None)
-    prologue = (f"import fastmetrics\n"
-                f"assert fastmetrics.implementation == {('python' if impl.name == 'python' else 'cython')!r}\n")
     try:
-        proc = subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code)], env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-c", impl.prologue + textwrap.dedent(code)],
+                              env=impl.env(**environ), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"deadlock: the scenario did not finish within {timeout:g} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -228,9 +220,7 @@ def small_tmpfs(tmp_path):
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs under CI: {proc.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
     try:
         yield mountpoint
     finally:

@@ -4,7 +4,6 @@ on every exposition (text and OpenMetrics, ``_created`` values aside)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import prometheus_client as pc
@@ -14,15 +13,12 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from prometheus_client import CollectorRegistry
 
 from _parity import expositions, outcome
-from fastmetrics import _core_py, metrics
+from _support import extensions_disabled, load
 
 
 def _implementations():
-    impls = [("python", metrics.classes_for(_core_py))]
-    disabled = os.environ.get("FASTMETRICS_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes", "on")
-    if not disabled:
-        impls.append(("c", metrics.classes_for(importlib.import_module("fastmetrics._core_c"))))
-    return impls
+    names = ["python"] if extensions_disabled() else ["python", "c"]
+    return [(impl.name, (impl.Counter, impl.Enum)) for impl in map(load, names)]
 
 
 NAMES = ["jobs", "jobs_total", "bytes", "state", "x_total_total"]

@@ -1,5 +1,5 @@
 """Selects the implementation: the Cython extensions, or the pure-Python twins
-when ``FASTMETRICS_NO_EXTENSIONS`` is on (1/true/yes) or the extension is not
+when ``FASTMETRICS_NO_EXTENSIONS`` is on (1/true/yes/on) or the extension is not
 built.  Type checkers always see the twins, whose signatures are the contract.
 
 - ``core``: the shard store and the hot path (``_core_c`` / ``_core_py``);
@@ -18,8 +18,12 @@ __all__ = ["CounterCore", "Dispatcher", "EnumCore", "arena", "core", "dispatch",
            "stats"]
 
 
-def _extensions_disabled() -> bool:
-    return os.environ.get("FASTMETRICS_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes", "on")
+def _env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is on: 1, true, yes or on, in
+    any case, spaces around ignored.  The one parser of the package's switches,
+    also used by the tests and the bench (``setup.py`` keeps its own copy: it
+    runs before the package can be imported)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 if TYPE_CHECKING:
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from ._core_py import CounterCore, EnumCore
     from ._dispatch_py import Dispatcher
 else:
-    if not _extensions_disabled():
+    if not _env_flag("FASTMETRICS_NO_EXTENSIONS"):
         try:
             from . import _core_c as core
             from . import _dispatch_c as dispatch

@@ -11,10 +11,8 @@ process (SIGTERM, then SIGKILL).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
+from _support import free_port, package_env, skip_or_fail
+
 T = TypeVar("T")
 
 HTTP_TIMEOUT = 5.0
@@ -34,21 +34,12 @@ STOP_TIMEOUT = 10.0
 
 
 def require_binary(name: str) -> str:
-    """Path of ``name`` on PATH; skip if it is absent, fail if absent under ``CI=true``."""
+    """Path of ``name`` on PATH; if it is absent, skip (fail under ``CI=true``)."""
     path = shutil.which(name)
     if path:
         return path
-    hint = "install the Debian packages prometheus and prometheus-pushgateway (see .ci/servers.sh)"
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"{name} not found on PATH under CI=true; {hint}")
-    pytest.skip(f"{name} not found on PATH; {hint}")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    skip_or_fail(f"{name} not found on PATH; install the Debian packages prometheus and "
+                 "prometheus-pushgateway (see .ci/servers.sh)")
 
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # ignore any http_proxy
@@ -195,18 +186,6 @@ class Pushgateway(ServerProcess):
         super().__init__([binary, f"--web.listen-address={self.address}", "--log.level=warn"],
                          workdir / "pushgateway.log")
         self.wait_ready(self.url + "/-/ready")
-
-
-def package_env() -> Dict[str, str]:
-    """Environment for a child ``python -m fastmetrics``: ours, with the directory
-    holding the imported ``fastmetrics`` first on PYTHONPATH (so a src checkout
-    and an installed package both work)."""
-    import fastmetrics
-
-    root = str(Path(fastmetrics.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
 
 
 class DemoProcess(ServerProcess):

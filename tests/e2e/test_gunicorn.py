@@ -27,7 +27,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _registry import samples_of
-from _servers import ServerProcess, free_port, http_get, package_env, wait_until
+from _servers import ServerProcess, http_get, wait_until
+from _support import clean_env, free_port, package_env, skip_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs POSIX")]
 
@@ -39,10 +40,7 @@ def require_gunicorn() -> None:
     """Skip without gunicorn (it is in the ``test`` extra), fail under ``CI=true``."""
     if importlib.util.find_spec("gunicorn") is not None:
         return
-    reason = "gunicorn is not installed (pip install '.[test]' installs it on POSIX)"
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"{reason}; CI=true")
-    pytest.skip(reason)
+    skip_or_fail("gunicorn is not installed (pip install '.[test]' installs it on POSIX)")
 
 
 class Gunicorn(ServerProcess):
@@ -53,10 +51,8 @@ class Gunicorn(ServerProcess):
     def __init__(self, workdir: Path, directory: Path, setup: str, preload: bool) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = package_env()
+        env = package_env(clean_env())
         env["PYTHONPATH"] = os.pathsep.join([str(APP.parent), env["PYTHONPATH"]])
-        for name in ("FASTMETRICS_MULTIPROC_DIR", "FASTMETRICS_NO_EXTENSIONS"):
-            env.pop(name, None)
         argv = [sys.executable, "-m", "gunicorn", "--workers", "3", "--bind", f"127.0.0.1:{self.port}",
                 "--graceful-timeout", "5", "--chdir", str(workdir)]
         if setup == "env":

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 
 import fastmetrics
 from _registry import fixed_registry
-from _servers import DemoProcess, Prometheus, free_port, http_get, require_binary, wait_until
+from _servers import DemoProcess, Prometheus, http_get, require_binary, wait_until
+from _support import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,7 @@
 """Real processes for multiprocess tests: ``_mp_worker.py`` subprocesses
 sharing one directory (the ``mp`` fixture of ``conftest.py`` is a
-:class:`Cluster`).  Every wait is bounded."""
+:class:`Cluster`), each running the test's implementation (``impl.env()``).
+Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
+from _support import Impl
 
 from fastmetrics import multiprocess
 
@@ -22,29 +24,16 @@ WORKER = Path(__file__).with_name("_mp_worker.py")
 TIMEOUT = 120.0
 
 
-def worker_env(implementation: str, **extra: str) -> Dict[str, str]:
-    """This process's environment for a process that must run
-    ``implementation`` ("cython" or "python"), without the multiprocess
-    variables, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in (multiprocess.ENV_DIR, multiprocess.ENV_CAPACITY, "FASTMETRICS_NO_EXTENSIONS")}
-    if implementation == "python":
-        env["FASTMETRICS_NO_EXTENSIONS"] = "1"
-    env.update(extra)
-    return env
-
-
 class Worker:
     """One ``_mp_worker.py`` subprocess: JSON lines out, JSON commands in."""
 
-    def __init__(self, implementation: str, path: Path, scenario: str, args: dict,
+    def __init__(self, impl: Impl, path: Path, scenario: str, args: dict,
                  env_dir: bool, log: Path, extra_env: Optional[Dict[str, str]] = None) -> None:
-        env = worker_env(implementation, **({multiprocess.ENV_DIR: str(path)} if env_dir else {}),
-                         **(extra_env or {}))
+        env = impl.env(**({multiprocess.ENV_DIR: str(path)} if env_dir else {}), **(extra_env or {}))
         self.log = log
         with open(log, "wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, str(WORKER), scenario, implementation, json.dumps(args)],
+                [sys.executable, str(WORKER), scenario, impl.implementation, json.dumps(args)],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, bufsize=0)
         self.pid = self.proc.pid
         self._buf = b""
@@ -117,8 +106,8 @@ class Worker:
 class Cluster:
     """The processes of one test, sharing one multiprocess directory."""
 
-    def __init__(self, implementation: str, tmp_path: Path) -> None:
-        self.implementation = implementation
+    def __init__(self, impl: Impl, tmp_path: Path) -> None:
+        self.impl = impl
         self.tmp = tmp_path
         self.path = tmp_path / "mp"
         self.path.mkdir()
@@ -127,7 +116,7 @@ class Cluster:
     def start(self, scenario: str, env_dir: bool = True, extra_env: Optional[Dict[str, str]] = None,
               **args) -> Worker:
         log = self.tmp / f"worker-{len(self.workers)}-{scenario}.stderr"
-        worker = Worker(self.implementation, self.path, scenario, args, env_dir, log, extra_env)
+        worker = Worker(self.impl, self.path, scenario, args, env_dir, log, extra_env)
         self.workers.append(worker)
         return worker
 

@@ -3,8 +3,9 @@
     python _mp_worker.py SCENARIO IMPL JSON_ARGS
 
 ``IMPL`` is the ``fastmetrics.implementation`` the test asked for ("cython" or
-"python", selected by ``FASTMETRICS_NO_EXTENSIONS`` in the environment); the
-worker refuses to run if fastmetrics picked the other one.  Multiprocess mode
+"python", selected by the environment the test gives it: ``impl.env()`` of
+``tests/_support.py``); the worker refuses to run if fastmetrics picked the
+other one.  Multiprocess mode
 comes from ``FASTMETRICS_MULTIPROC_DIR`` at import, as in production, except in
 the scenarios that test :func:`fastmetrics.multiprocess.enable` itself.
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import _fmfile as fm
 import pytest
-from _cluster import worker_env
 from _expose import DEADLINE, fm_files, only_file, samples, scrape, serve, value
+from _support import Impl
 
 from fastmetrics import multiprocess
 from fastmetrics.multiprocess import _format as fmt
@@ -97,25 +97,25 @@ def test_in_process_mode_accepts_any_label_value(impl, registry):
     assert c.labels(bad)._value.get() == 1
 
 
-def _import_in_child(implementation: str, tmp_path: Path, code: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], env=worker_env(implementation, **env),
+def _import_in_child(impl: Impl, tmp_path: Path, code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=impl.env(**env),
                           capture_output=True, text=True, timeout=DEADLINE, cwd=tmp_path)
 
 
-def test_a_capacity_beyond_the_limit_names_the_variable(implementation, tmp_path):
+def test_a_capacity_beyond_the_limit_names_the_variable(impl, tmp_path):
     """FASTMETRICS_MULTIPROC_CAPACITY=2**62 fails the import with a
     ValueError naming the variable, its value and the limit (it used to be a
     bare ``OSError: File too large``); so does ``enable(capacity=2**62)``.
     Nothing is left in the directory."""
     path = tmp_path / "mp"
     huge = str(1 << 62)
-    proc = _import_in_child(implementation, tmp_path, "import fastmetrics",
+    proc = _import_in_child(impl, tmp_path, "import fastmetrics",
                             **{multiprocess.ENV_DIR: str(path), multiprocess.ENV_CAPACITY: huge})
     assert proc.returncode != 0
     last_line = proc.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ValueError: ") and multiprocess.ENV_CAPACITY in last_line and huge in last_line
     assert "1 TiB" in last_line
-    proc = _import_in_child(implementation, tmp_path, (
+    proc = _import_in_child(impl, tmp_path, (
         "from fastmetrics import multiprocess\n"
         "try:\n"
         f"    multiprocess.enable({str(path)!r}, capacity={huge})\n"
@@ -126,7 +126,7 @@ def test_a_capacity_beyond_the_limit_names_the_variable(implementation, tmp_path
     assert not path.exists() or not any(path.iterdir())
 
 
-def test_a_capacity_the_file_system_refuses_names_the_variable(implementation, tmp_path):
+def test_a_capacity_the_file_system_refuses_names_the_variable(impl, tmp_path):
     """Under a file size limit (RLIMIT_FSIZE 1 MiB) the default 64 MiB file
     cannot be reserved: the import fails with a ValueError naming the
     variable and the capacity, not a bare OSError, and no file is left."""
@@ -134,7 +134,7 @@ def test_a_capacity_the_file_system_refuses_names_the_variable(implementation, t
     code = ("import resource\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
             "import fastmetrics\n")
-    proc = _import_in_child(implementation, tmp_path, code, **{multiprocess.ENV_DIR: str(path)})
+    proc = _import_in_child(impl, tmp_path, code, **{multiprocess.ENV_DIR: str(path)})
     assert proc.returncode != 0
     last_line = proc.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ValueError: ") and multiprocess.ENV_CAPACITY in last_line, proc.stderr

@@ -29,6 +29,7 @@ import _fmfile as fm
 import pytest
 from _cluster import Cluster
 from _expose import bounded, samples
+from _support import load
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -64,9 +65,9 @@ def corpus(tmp_path_factory) -> Corpus:
     victims: Dict[str, Tuple[str, bytes]] = {}
     expected: Samples = {}
     archives: Dict[str, bytes] = {}
-    for prefix, impl, children in (("keep_a", "cython", 20), ("keep_b", "python", 20),
-                                   ("victim_c", "cython", 520), ("victim_py", "python", 520)):
-        cluster = Cluster(impl, tmp_path_factory.mktemp(prefix))
+    for prefix, impl, children in (("keep_a", "c", 20), ("keep_b", "python", 20),
+                                   ("victim_c", "c", 520), ("victim_py", "python", 520)):
+        cluster = Cluster(load(impl), tmp_path_factory.mktemp(prefix))
         try:
             msg = cluster.run("declare", prefix=prefix, children=children)
         finally:
@@ -78,7 +79,7 @@ def corpus(tmp_path_factory) -> Corpus:
             expected.update((k, v) for k, v in samples(msg["text"]).items()
                             if k[0].startswith(prefix) and not k[0].endswith("_created"))
         else:
-            victims["c" if impl == "cython" else "python"] = (name, data)
+            victims[impl] = (name, data)
         if prefix in ("keep_b", "victim_py"):
             assert compact(str(cluster.path)).absorbed == 1
             archives[prefix] = (cluster.path / "archive.fm").read_bytes()

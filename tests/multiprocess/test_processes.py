@@ -43,7 +43,7 @@ def test_pool_increments_are_exact_in_the_scrape(mp, method, n, via_enable):
     msg = mp.run("pool", env_dir=not via_enable, via_enable=via_enable, method=method, procs=4, n=n,
                  path=str(mp.path))
     for result in msg["results"]:
-        assert result["impl"] == mp.implementation
+        assert result["impl"] == mp.impl.implementation
         assert result["dir"] == str(mp.path)
         assert result["pid"] != msg["pid"] and len(result["files"]) == 1
     _, text = scrape(mp.path)

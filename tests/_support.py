@@ -1,0 +1,141 @@
+"""What the tests share, in one place.  Imported as the top-level module
+``_support`` (pytest puts ``tests/`` on ``sys.path`` for ``tests/conftest.py``,
+as for ``_parity`` and ``_downstream``); a child process a test starts does not
+import it: it gets what it needs through its environment (:meth:`Impl.env`).
+
+- :func:`free_port`: a TCP port on 127.0.0.1 that was free a moment ago.
+- :func:`env_flag`: the package's on/off parser (1/true/yes/on), the library's own.
+- :func:`in_ci` / :func:`skip_or_fail`: a missing external (server binary,
+  pycti, gunicorn, root) skips the test here and fails it under ``CI=true``,
+  where CI provides it.
+- :class:`Impl` / :func:`load` / :data:`IMPL_PARAMS`: the implementation
+  switch.  An :class:`Impl` has the classes to use in this process and the
+  environment a child process needs to run the same implementation.
+- :func:`clean_env` / :func:`package_env`: environments for child processes.
+- :data:`PYCTI_VERSION`: the pycti the differential tests run against (also
+  pinned in ``.ci/pycti-venv.sh``; ``test_support.py`` keeps them equal).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, Mapping, NoReturn, Optional
+
+import pytest
+
+import fastmetrics
+from fastmetrics import _core, metrics, opencti
+from fastmetrics._core import _env_flag as env_flag
+from fastmetrics.multiprocess import ENV_CAPACITY, ENV_DIR
+
+__all__ = ["IMPL_PARAMS", "NO_EXTENSIONS", "PYCTI_VERSION", "ROOT", "Impl", "clean_env", "env_flag", "extensions_disabled",
+           "free_port", "in_ci", "load", "package_env", "skip_or_fail"]
+
+ROOT = Path(__file__).resolve().parent.parent
+PYCTI_VERSION = "7.261026.0"
+NO_EXTENSIONS = "FASTMETRICS_NO_EXTENSIONS"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def in_ci() -> bool:
+    """``CI`` is on (CI sets ``CI=true``)."""
+    return env_flag("CI")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test for want of something external (``reason`` says what and
+    how to get it); under ``CI=true`` fail it instead, since CI provides it."""
+    if in_ci():
+        pytest.fail(f"{reason} (required when CI=true)", pytrace=False)
+    pytest.skip(reason)
+
+
+def extensions_disabled() -> bool:
+    """``FASTMETRICS_NO_EXTENSIONS`` is on: the ``c`` cases are skipped
+    (``tests/conftest.py`` also honours ``--no-c-extensions``)."""
+    return env_flag(NO_EXTENSIONS)
+
+
+def clean_env(**extra: str) -> Dict[str, str]:
+    """This process's environment for a child process, without the variables
+    that select an implementation or turn multiprocess mode on (so the child
+    runs the default implementation in the usual single-process mode), plus
+    ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in (NO_EXTENSIONS, ENV_DIR, ENV_CAPACITY)}
+    env.update(extra)
+    return env
+
+
+def package_env(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """``base`` (default: this process's environment) with the directory holding
+    the imported ``fastmetrics`` first on ``PYTHONPATH``, so that a child
+    ``python -m fastmetrics`` imports it too, from a src checkout or installed."""
+    env = dict(os.environ if base is None else base)
+    root = str(Path(fastmetrics.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation, in this process and in a child process."""
+
+    name: str               #: the test id: "c" or "python"
+    implementation: str     #: ``fastmetrics.implementation`` where it runs: "cython" or "python"
+    core: ModuleType        #: ``fastmetrics._core_c`` or ``fastmetrics._core_py``
+    dispatch: ModuleType    #: ``fastmetrics._dispatch_c`` or ``fastmetrics._dispatch_py``
+    Counter: type
+    Enum: type
+    Handler: type           #: ``OpenCTIMetricHandler`` on this core
+
+    def stats(self) -> Dict[str, Any]:
+        return self.core.stats()  # type: ignore[no-any-return]
+
+    def env(self, **extra: str) -> Dict[str, str]:
+        """This process's environment for a child process that must run this
+        implementation: ``FASTMETRICS_NO_EXTENSIONS=1`` for the twin, unset
+        for the extension; multiprocess mode off unless ``extra`` sets its
+        variables (``FASTMETRICS_MULTIPROC_DIR``, ...); plus ``extra``."""
+        env = clean_env()
+        if self.name == "python":
+            env[NO_EXTENSIONS] = "1"
+        env.update(extra)
+        return env
+
+    @property
+    def prologue(self) -> str:
+        """Python source a child process runs first: it imports fastmetrics
+        and fails unless it selected this implementation."""
+        return ("import fastmetrics\n"
+                f"assert fastmetrics.implementation == {self.implementation!r}, fastmetrics.implementation\n")
+
+
+@functools.lru_cache(maxsize=None)
+def load(name: str) -> Impl:
+    """The :class:`Impl` named ``name`` ("c" or "python").  A missing extension
+    raises ImportError: only the switches skip the ``c`` cases."""
+    if name == "python":
+        from fastmetrics import _core_py as core
+    elif name == "c":
+        from fastmetrics import _core_c as core
+    else:
+        raise ValueError(f"no implementation {name!r}: 'c' or 'python'")
+    counter, enum = metrics.classes_for(core)
+    return Impl(name, core.implementation, core, _core.dispatch_for(core), counter, enum,
+                opencti.handler_class_for(core))
+
+
+#: ``params`` of a fixture over both implementations: the ``c`` case carries
+#: the ``c_extension`` marker (skipped under the switches, see ``conftest.py``).
+IMPL_PARAMS = [pytest.param("c", marks=pytest.mark.c_extension), pytest.param("python")]
