@@ -23,6 +23,7 @@ operations that are atomic in CPython, with or without the GIL (``append``,
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from types import MappingProxyType
@@ -68,7 +69,7 @@ class _Lease:
     the interrupted increment applies it before returning.
     """
 
-    __slots__ = ("shard", "busy", "pending", "token")
+    __slots__ = ("busy", "pending", "shard", "token")
 
     def __init__(self, shard: _Shard) -> None:
         self.shard = shard
@@ -422,10 +423,8 @@ class EnumCore(MetricCore):
         self._states_list = list(states)
         index: Dict[Any, int] = {}
         for i, s in enumerate(self._states_list):
-            try:
+            with contextlib.suppress(TypeError):   # unhashable: the slow path finds it
                 index.setdefault(s, i)
-            except TypeError:
-                pass
         self._state_index = index
         if self._slot < 0:
             slot = _slot_alloc()

@@ -73,8 +73,8 @@ class Recorder(Protocol):
     def check_strings(self, what: str, strings: Iterable[Any]) -> None: ...
     def check_labelvalues(self, values: Iterable[str]) -> None: ...
     def check_states(self, states: Iterable[Any]) -> None: ...
-    def counter_slot(self, metric: "_MetricWrapper", slot: int) -> None: ...
-    def enum_slot(self, metric: "_MetricWrapper", slot: int) -> None: ...
+    def counter_slot(self, metric: _MetricWrapper, slot: int) -> None: ...
+    def enum_slot(self, metric: _MetricWrapper, slot: int) -> None: ...
 
 
 _recorder: Optional[Recorder] = None
@@ -159,7 +159,7 @@ class _MetricWrapper(_WrapperBase):
 
     def _raise_if_not_observable(self) -> None:
         if not self._is_observable():
-            raise ValueError("%s metric is missing label values" % str(self._type))
+            raise ValueError(f"{self._type} metric is missing label values")
 
     def _is_parent(self) -> bool:
         return bool(self._labelnames and not self._labelvalues)
@@ -197,10 +197,10 @@ class _MetricWrapper(_WrapperBase):
 
     def _labels_slow(self: T, labelvalues: Tuple[Any, ...], labelkwargs: Dict[str, Any]) -> T:
         if not self._labelnames:
-            raise ValueError("No label names were set when constructing %s" % self)
+            raise ValueError(f"No label names were set when constructing {self}")
         if self._labelvalues:
-            raise ValueError("{} already has labels set ({}); can not chain calls to .labels()".format(
-                self, dict(zip(self._labelnames, self._labelvalues))))
+            raise ValueError(f"{self} already has labels set ({dict(zip(self._labelnames, self._labelvalues))}); "
+                             "can not chain calls to .labels()")
         if labelvalues and labelkwargs:
             raise ValueError("Can't pass both *args and **kwargs")
         if labelkwargs:
@@ -237,9 +237,9 @@ class _MetricWrapper(_WrapperBase):
     def remove(self, *labelvalues: Any) -> None:
         """Remove the given labelset from the metric."""
         if not self._labelnames:
-            raise ValueError("No label names were set when constructing %s" % self)
+            raise ValueError(f"No label names were set when constructing {self}")
         if len(labelvalues) != len(self._labelnames):
-            raise ValueError("Incorrect label count (expected %d, got %s)" % (len(self._labelnames), labelvalues))
+            raise ValueError(f"Incorrect label count (expected {len(self._labelnames)}, got {labelvalues})")
         key = tuple(str(value) for value in labelvalues)
         with _children_lock:
             self._child_removed(key)
@@ -247,14 +247,14 @@ class _MetricWrapper(_WrapperBase):
     def remove_by_labels(self, labels: Dict[str, str]) -> None:
         """Remove all series whose labelset partially matches ``labels``."""
         if not self._labelnames:
-            raise ValueError("No label names were set when constructing %s" % self)
+            raise ValueError(f"No label names were set when constructing {self}")
         if not isinstance(labels, dict):
             raise TypeError("labels must be a dict of {label_name: label_value}")
         if not labels:
             return
-        invalid = [k for k in labels.keys() if k not in self._labelnames]
+        invalid = [k for k in labels if k not in self._labelnames]
         if invalid:
-            raise ValueError("Unknown label names: %s; expected %s" % (invalid, self._labelnames))
+            raise ValueError(f"Unknown label names: {invalid}; expected {self._labelnames}")
         pos_filter = {self._labelnames.index(k): str(v) for k, v in labels.items()}
         with _children_lock:
             children = self._metrics
