@@ -55,10 +55,7 @@ class Impl:
 
 
 def _load(name: str) -> Impl:
-    if name == "python":
-        core = _core_py
-    else:
-        core = importlib.import_module("fastmetrics._core_c")
+    core = _core_py if name == "python" else importlib.import_module("fastmetrics._core_c")
     counter, enum = metrics.classes_for(core)
     return Impl(name, core, counter, enum)
 

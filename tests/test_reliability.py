@@ -137,7 +137,7 @@ def test_reset_every_cycle_runs_in_flat_memory(impl, counter):
     c.reset()
     labelled.reset()
     baseline = impl.stats()["slots_used"]
-    for i in range(5000):
+    for _ in range(5000):
         c.inc(2)
         labelled.inc(3)
         assert c._value.get() == 2 and labelled._value.get() == 3
