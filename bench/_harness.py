@@ -44,7 +44,7 @@ class Settings:
     thread_target_s: float
 
     @classmethod
-    def make(cls, quick: bool, reps: Optional[int] = None) -> "Settings":
+    def make(cls, quick: bool, reps: Optional[int] = None) -> Settings:
         base = cls(True, 5, 5, 0.001, 5, 0.015) if quick else cls(False, 10, 10, 0.002, 7, 0.025)
         if reps is None:
             return base

@@ -15,8 +15,9 @@ increments and answers ``ok``.  It exits when stdin closes.
 
 ``populate``: forks ``FILES - 1`` children, one at a time; each creates
 ``METRICS`` counters, increments each once, and exits; then this process does
-the same, so ``FILES`` exited processes leave one file each in the directory (fastmetrics: ``<pid>-<uid>.fm``; prometheus_client:
-``counter_<pid>.db``).  Prints ``done``.
+the same, so ``FILES`` exited processes leave one file each in the directory
+(fastmetrics: ``<pid>-<uid>.fm``; prometheus_client: ``counter_<pid>.db``).
+Prints ``done``.
 """
 
 from __future__ import annotations

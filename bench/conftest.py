@@ -220,7 +220,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     tr = terminalreporter
     records = _records(config)
-    for title, lines in (("scrape cost as metrics and threads grow (median per scrape)", _report.scrape_growth(records)),
+    for title, lines in (("scrape cost as metrics and threads grow (median per scrape)",
+                          _report.scrape_growth(records)),
                          ("multiprocess scrape as process files grow (median per scrape)",
                           _report.mp_scrape(records)),
                          ("memory after thread churn", _report.churn_memory(records))):

@@ -33,8 +33,8 @@ from fastmetrics import _core, metrics, opencti
 from fastmetrics._core import _env_flag as env_flag
 from fastmetrics.multiprocess import ENV_CAPACITY, ENV_DIR
 
-__all__ = ["IMPL_PARAMS", "NO_EXTENSIONS", "PYCTI_VERSION", "ROOT", "Impl", "clean_env", "env_flag", "extensions_disabled",
-           "free_port", "in_ci", "load", "package_env", "skip_or_fail"]
+__all__ = ["IMPL_PARAMS", "NO_EXTENSIONS", "PYCTI_VERSION", "ROOT", "Impl", "clean_env", "env_flag",
+           "extensions_disabled", "free_port", "in_ci", "load", "package_env", "skip_or_fail"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PYCTI_VERSION = "7.261026.0"
@@ -121,7 +121,7 @@ class Impl:
                 f"assert fastmetrics.implementation == {self.implementation!r}, fastmetrics.implementation\n")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(name: str) -> Impl:
     """The :class:`Impl` named ``name`` ("c" or "python").  A missing extension
     raises ImportError: only the switches skip the ``c`` cases."""

@@ -90,7 +90,7 @@ def test_enum_exposition_is_byte_identical_in_declaration_order(impl, labelnames
     ],
 )
 def test_invalid_names_raise_like_prometheus_client(impl, args, kwargs):
-    args = args + ("doc",) if len(args) == 1 else args
+    args = (*args, "doc") if len(args) == 1 else args
     ref = outcome(lambda: pc.Counter(*args, registry=None, **kwargs))
     ours = outcome(lambda: impl.Counter(*args, registry=None, **kwargs))
     assert ours == ref
@@ -98,8 +98,8 @@ def test_invalid_names_raise_like_prometheus_client(impl, args, kwargs):
 
 def test_enum_construction_errors_match(impl):
     for kwargs in (dict(states=[]), dict(states=None), dict(states=["a"], labelnames=["e"])):
-        ref = outcome(lambda: pc.Enum("e", "d", registry=None, **kwargs))
-        ours = outcome(lambda: impl.Enum("e", "d", registry=None, **kwargs))
+        ref = outcome(lambda kwargs=kwargs: pc.Enum("e", "d", registry=None, **kwargs))
+        ours = outcome(lambda kwargs=kwargs: impl.Enum("e", "d", registry=None, **kwargs))
         assert ours == ref and ours[0] == "ValueError"
     with pytest.raises(ValueError):
         impl.Enum("e", "d", states=["a"], unit="seconds", registry=None)
@@ -255,7 +255,7 @@ def test_remove_clear_and_remove_by_labels(impl):
     ref_reg, our_reg, ref, ours = both(impl, build)
     assert expositions(our_reg) == expositions(ref_reg)
     for call in (lambda m: m.remove_by_labels({"nope": "1"}), lambda m: m.remove_by_labels([("kind", "x")])):
-        assert outcome(lambda: call(ours)) == outcome(lambda: call(ref))
+        assert outcome(lambda call=call: call(ours)) == outcome(lambda call=call: call(ref))
     ours.clear()
     ref.clear()
     assert expositions(our_reg) == expositions(ref_reg)
@@ -280,7 +280,7 @@ def test_recycled_slots_start_at_zero(impl, counter):
     import gc
 
     c = counter("churn", "d", labelnames=["k"])
-    for round_ in range(3):
+    for _round in range(3):
         for i in range(50):
             c.labels(str(i)).inc(i + 1)
         for i in range(50):
@@ -361,9 +361,8 @@ def test_count_exceptions(counter):
     for exc in (KeyError("k"), ValueError("v"), KeyError("k")):
         with pytest.raises(type(exc)):
             boom(exc)
-    with pytest.raises(RuntimeError):
-        with c.count_exceptions():
-            raise RuntimeError
+    with pytest.raises(RuntimeError), c.count_exceptions():
+        raise RuntimeError
     assert c._value.get() == 3.0
 
 
@@ -377,8 +376,8 @@ def test_enum_state_and_errors(impl, registry):
     assert registry.get_sample_value("st", {"st": "running"}) == 1.0
     ref = pc.Enum("st", "d", states=["idle", "running", "stopped"], registry=None)
     for bogus in ("bogus", None, ["idle"], 1):
-        assert outcome(lambda: e.state(bogus)) == outcome(lambda: ref.state(bogus))
-        assert outcome(lambda: e.state(bogus))[0] == "ValueError"
+        assert outcome(lambda bogus=bogus: e.state(bogus)) == outcome(lambda bogus=bogus: ref.state(bogus))
+        assert outcome(lambda bogus=bogus: e.state(bogus))[0] == "ValueError"
     assert e._value == 1
 
 

@@ -60,13 +60,13 @@ def test_exact_totals_under_threads_while_scrapes_never_go_backwards(impl, count
 
     workers = [threading.Thread(target=work) for _ in range(THREADS)]
     scraper = threading.Thread(target=scrape)
-    for t in workers + [scraper]:
+    for t in [*workers, scraper]:
         t.start()
     for t in workers:
         t.join(timeout=300)
     done.set()
     scraper.join(timeout=60)
-    assert not any(t.is_alive() for t in workers + [scraper])
+    assert not any(t.is_alive() for t in [*workers, scraper])
 
     assert plain._value.get() == THREADS * PER_THREAD
     assert child._value.get() == THREADS * (PER_THREAD // 8) * 2

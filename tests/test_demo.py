@@ -32,7 +32,7 @@ def demo_command(*args: str) -> List[str]:
 
 def run_demo(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(demo_command(*args), env=package_env(), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT)
+                          capture_output=True, text=True, timeout=TIMEOUT)
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def start_demo(tmp_path: Path) -> Iterator[Any]:
     def start(*args: str) -> subprocess.Popen:
         n = len(procs)
         out_path, err_path = tmp_path / f"demo{n}.out", tmp_path / f"demo{n}.err"
-        files.extend([open(out_path, "w"), open(err_path, "w")])
+        files.extend([open(out_path, "w"), open(err_path, "w")])  # noqa: SIM115 - closed after the test
         proc = subprocess.Popen(demo_command(*args), env=package_env(), stdin=subprocess.DEVNULL,
                                 stdout=files[-2], stderr=files[-1])
         proc.out_path, proc.err_path = out_path, err_path  # type: ignore[attr-defined]

@@ -370,7 +370,8 @@ def test_wrong_kind_is_logged_with_prometheus_client_class(live: Live) -> None:
     assert calls == [
         ("error", ("Metric not of expected type", {"name": "state", "expected_type": prometheus_client.Counter}), {}),
         ("error", ("Metric not of expected type", {"name": "state", "expected_type": prometheus_client.Counter}), {}),
-        ("error", ("Metric not of expected type", {"name": "bundle_send", "expected_type": prometheus_client.Enum}), {}),
+        ("error", ("Metric not of expected type", {"name": "bundle_send", "expected_type": prometheus_client.Enum}),
+         {}),
     ]
     assert calls[0][1][1]["expected_type"] is prometheus_client.Counter
     assert calls[2][1][1]["expected_type"] is prometheus_client.Enum
@@ -425,7 +426,7 @@ def test_metric_exists_with_a_non_type_raises_as_isinstance(live: Live) -> None:
 
 def test_unhashable_name_raises_as_dict(live: Live) -> None:
     with pytest.raises(TypeError) as expected:
-        ["bundle_send"] in {}  # noqa: B015
+        ["bundle_send"] in {}  # noqa: B015, RUF060 - raises the TypeError under test
     with pytest.raises(TypeError) as got_inc:
         live.handler.inc(["bundle_send"])
     with pytest.raises(TypeError) as got_state:
@@ -527,7 +528,8 @@ def test_scrape_over_http(live: Live) -> None:
         f"# HELP {p}_bundles_sent Number of bundles sent\n# TYPE {p}_bundles_sent counter\n"
         f"{p}_bundles_sent_total 7.0\n{p}_bundles_sent_created "
     ) in text
-    assert f'# HELP {p}_state State of connector\n# TYPE {p}_state stateset\n{p}_state{{{p}_state="idle"}} 0.0\n' in text
+    assert (f'# HELP {p}_state State of connector\n# TYPE {p}_state stateset\n'
+            f'{p}_state{{{p}_state="idle"}} 0.0\n') in text
     assert text.endswith("# EOF\n")
 
 

@@ -119,7 +119,8 @@ def scrape(port, accept):
 port1, port2 = cfg["ports"]
 t0 = time.time()
 made = []
-attempt("construct", lambda: made.append(Handler(logger, cfg["activated"], cfg["namespace"], cfg["subsystem"], port1, **extra)))
+attempt("construct", lambda: made.append(Handler(logger, cfg["activated"], cfg["namespace"], cfg["subsystem"], port1,
+                                                 **extra)))
 t1 = time.time()
 handler = made[0]
 attempt("attributes", attributes)
@@ -259,7 +260,7 @@ def normalise(result: Dict[str, Any], ports: Tuple[int, int]) -> Dict[str, Any]:
     steps = []
     for label, outcome, logs in result["steps"]:
         if outcome[0] == "raised":
-            outcome = outcome[:2] + [normalise_message(outcome[2])] + outcome[3:]
+            outcome = [*outcome[:2], normalise_message(outcome[2]), *outcome[3:]]
         steps.append([label, outcome, walk(logs)])
     window = tuple(result["window"])
     scrapes = [[status, ctype, normalise_exposition(body, window)] for status, ctype, body in result["scrapes"]]  # type: ignore[arg-type]
@@ -309,7 +310,8 @@ def test_normalise_keeps_log_and_error_differences() -> None:
 
     base = normalise(result("Exposing metrics on port", "port", "x"), ports)
     assert base["steps"][0][2] == [
-        ["info", ["tuple", [["str", "Exposing metrics on port"], ["dict", [[["str", "port"], ["int", "<port1>"]]]]]], ["dict", []]]
+        ["info", ["tuple", [["str", "Exposing metrics on port"], ["dict", [[["str", "port"], ["int", "<port1>"]]]]]],
+         ["dict", []]]
     ]
     assert normalise(result("Exposing metrics on port", "port", "x"), (40001, 9)) == base
     assert normalise(result("Exposing metrics on port.", "port", "x"), ports) != base

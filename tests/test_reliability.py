@@ -129,7 +129,7 @@ def test_reset_every_cycle_runs_in_flat_memory(impl, counter):
     c.reset()
     labelled.reset()
     baseline = impl.stats()["slots_used"]
-    for i in range(5000):
+    for _ in range(5000):
         c.inc(2)
         labelled.inc(3)
         assert c._value.get() == 2 and labelled._value.get() == 3
@@ -239,13 +239,27 @@ def test_multiprocess_full_filesystem_is_an_error_not_sigbus(impl, small_tmpfs):
         c.inc(3)
         wide = Counter("wide", "Wide.", labelnames=["k"])
         made, error = 0, None
+
+        def inc_in_a_new_thread(child):
+            # A new thread may get a new shard (the last one's is pooled only
+            # when its OS thread has fully exited), so its first increment can
+            # be the allocation that meets the full file system: report it.
+            failed = []
+            def inc():
+                try:
+                    child.inc()
+                except OSError as e:
+                    failed.append(e)
+            t = threading.Thread(target=inc)
+            t.start()
+            t.join()
+            if failed:
+                raise failed[0]
+
         try:
             for i in range(100_000):
-                child = wide.labels(str(i))
-                # every 512th child starts a new chunk: a new thread touches it
-                t = threading.Thread(target=child.inc)
-                t.start()
-                t.join()
+                # every 512th child starts a new chunk
+                inc_in_a_new_thread(wide.labels(str(i)))
                 made += 1
         except OSError as e:
             error = {"errno": e.errno, "text": str(e)}

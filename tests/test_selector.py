@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-PROBE = "import fastmetrics; print(fastmetrics.implementation, fastmetrics.__version__, fastmetrics.Counter.__mro__[1].__module__)"
+PROBE = ("import fastmetrics; "
+         "print(fastmetrics.implementation, fastmetrics.__version__, fastmetrics.Counter.__mro__[1].__module__)")
 
 
 def _probe(value):

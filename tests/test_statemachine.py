@@ -41,7 +41,7 @@ class SameExposition(RuleBasedStateMachine):
 
     @initialize()
     def setup(self):
-        self.impls = [("prometheus_client", (pc.Counter, pc.Enum))] + _implementations()
+        self.impls = [("prometheus_client", (pc.Counter, pc.Enum)), *_implementations()]
         self.registries = {name: CollectorRegistry() for name, _ in self.impls}
         self.used = set()
 
@@ -51,7 +51,8 @@ class SameExposition(RuleBasedStateMachine):
         objs, outcomes = [], []
         for name, (counter_cls, enum_cls) in self.impls:
             box = []
-            outcomes.append(outcome(lambda: box.append(make(counter_cls, enum_cls, self.registries[name]))))
+            outcomes.append(outcome(lambda box=box, c=counter_cls, e=enum_cls, name=name:
+                                    box.append(make(c, e, self.registries[name]))))
             objs.append(box[0] if box else None)
         assert all(o == outcomes[0] for o in outcomes), outcomes
         return objs if outcomes[0][0] == "ok" else None
@@ -85,9 +86,9 @@ class SameExposition(RuleBasedStateMachine):
             # Deliberate divergence: prometheus_client accepts NaN and the counter
             # is NaN forever; fastmetrics rejects it and keeps the total.
             for t in targets[1:]:
-                assert outcome(lambda: t.inc(a)) == ("ValueError", NEGATIVE)
+                assert outcome(lambda t=t: t.inc(a)) == ("ValueError", NEGATIVE)
         elif targets:
-            results = [outcome(lambda: t.inc(a)) for t in targets]
+            results = [outcome(lambda t=t: t.inc(a)) for t in targets]
             assert all(r == results[0] for r in results), results
 
     @rule(metric=counters, values=st.lists(label_value, min_size=1, max_size=2))
@@ -105,18 +106,18 @@ class SameExposition(RuleBasedStateMachine):
                 t.reset()
 
     @rule(metric=enums, values=st.lists(label_value, min_size=1, max_size=2),
-          state=st.sampled_from(STATES + ["bogus"]))
+          state=st.sampled_from([*STATES, "bogus"]))
     def set_state(self, metric, values, state):
         targets = self._targets(metric, values)
         if targets:
-            results = [outcome(lambda: t.state(state)) for t in targets]
+            results = [outcome(lambda t=t: t.state(state)) for t in targets]
             assert all(r == results[0] for r in results), results
 
     @rule(metric=st.one_of(counters, enums), values=st.lists(label_value, min_size=0, max_size=3))
     def remove(self, metric, values):
         objs, _ = metric
         if objs:
-            results = [outcome(lambda: o.remove(*values)) for o in objs]
+            results = [outcome(lambda o=o: o.remove(*values)) for o in objs]
             assert all(r == results[0] for r in results), results
 
     @rule(metric=st.one_of(counters, enums))
@@ -133,9 +134,9 @@ class SameExposition(RuleBasedStateMachine):
         if objs:
             if use_kwargs:
                 kw = dict(zip(("a", "b", "c"), values))
-                results = [outcome(lambda: o.labels(**kw)) for o in objs]
+                results = [outcome(lambda o=o: o.labels(**kw)) for o in objs]
             else:
-                results = [outcome(lambda: o.labels(*values)) for o in objs]
+                results = [outcome(lambda o=o: o.labels(*values)) for o in objs]
             assert all(r == results[0] for r in results), results
 
     @invariant()

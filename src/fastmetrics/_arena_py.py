@@ -72,20 +72,21 @@ def _append(kind: int, arg: int, payload_off: int, data: Optional[bytes], length
         return used + payload_off
 
 
-def _view(off: int, fmt: str) -> memoryview:
+def _view(off: int) -> memoryview:
+    """The chunk at ``off`` (bytes; the caller casts it)."""
     assert _arena is not None
-    return _arena[off:off + CHUNK_BYTES].cast(fmt)
+    return _arena[off:off + CHUNK_BYTES]
 
 
 class _Provider:
     """The store's chunk provider: chunks and enum words as records."""
 
     def chunk(self, c: int) -> Any:
-        return _view(_append(REC_CHUNK, c, REC_DATA_OFF, None, CHUNK_BYTES), "d")
+        return _view(_append(REC_CHUNK, c, REC_DATA_OFF, None, CHUNK_BYTES)).cast("d")
 
     def words(self, c: int, initial: Optional[Any]) -> Any:
         data = struct.pack(f"={CHUNK_SLOTS}q", *initial) if initial is not None else None
-        return _view(_append(REC_WORDS, c, REC_DATA_OFF, data, CHUNK_BYTES), "q")
+        return _view(_append(REC_WORDS, c, REC_DATA_OFF, data, CHUNK_BYTES)).cast("q")
 
     def before_fork(self) -> None:
         _lock.acquire()

@@ -10,6 +10,7 @@ built.  Type checkers always see the twins, whose signatures are the contract.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -52,9 +53,8 @@ def dispatch_for(core_module: ModuleType) -> ModuleType:
     """The dispatch module that goes with ``core_module`` (for tests and
     benchmarks that run both implementations in one process)."""
     if core_module.implementation == "cython":
-        from . import _dispatch_c
-
-        return _dispatch_c
+        # the compiled extension: no stub for type checkers, which see the twin
+        return importlib.import_module("._dispatch_c", __package__)
     from . import _dispatch_py
 
     return _dispatch_py

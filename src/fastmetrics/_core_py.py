@@ -23,12 +23,14 @@ operations that are atomic in CPython, with or without the GIL (``append``,
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, cast
 
 from . import _fork
-from ._upcalls import MetricUpcalls
+from ._upcalls import CounterUpcalls, MetricUpcalls
 
 implementation = "python"
 CHUNK_BITS = 9
@@ -67,7 +69,7 @@ class _Lease:
     the interrupted increment applies it before returning.
     """
 
-    __slots__ = ("shard", "busy", "pending", "token")
+    __slots__ = ("busy", "pending", "shard", "token")
 
     def __init__(self, shard: _Shard) -> None:
         self.shard = shard
@@ -87,11 +89,17 @@ class _Lease:
 
 _all_shards: List[_Shard] = []    # append-only; scrapers iterate it
 _free_shards: List[_Shard] = []   # pool; list.append / list.pop are atomic
-_local = threading.local()
+if TYPE_CHECKING:
+    class _Locals(threading.local):
+        lease: _Lease
+
+    _local = _Locals()
+else:
+    _local = threading.local()   # exactly threading.local: its attribute reads take a fast path
 _slot_lock = threading.Lock()    # slot allocation and enum words (cold paths)
 _slots_issued = 0
 _free_slots: List[int] = []       # __del__ appends without a lock
-_words: List[Optional[Chunk]] = [None] * MAX_CHUNKS  # enum words by slot >> CHUNK_BITS
+_words: List[Chunk] = [None] * MAX_CHUNKS  # enum words by slot >> CHUNK_BITS (None: not yet ensured)
 
 
 class ChunkProvider(Protocol):
@@ -143,7 +151,7 @@ def _take_shard() -> _Shard:
 
 def _lease() -> _Lease:
     try:
-        return _local.lease  # type: ignore[no-any-return]
+        return _local.lease
     except AttributeError:
         lease = _Lease(_take_shard())
         _local.lease = lease
@@ -255,12 +263,21 @@ def _words_ensure(slot: int) -> None:
         _words[c] = provider.words(c, None) if provider is not None else [0] * CHUNK_SLOTS
 
 
-class MetricCore(MetricUpcalls if TYPE_CHECKING else object):
+if TYPE_CHECKING:   # the contract, for type checkers only: at run time the base is object
+    _MetricBase = MetricUpcalls
+else:
+    _MetricBase = object
+
+_M = TypeVar("_M", bound="MetricCore")
+
+
+class MetricCore(_MetricBase):
     """Label-child cache shared by counters and enums (see the C twin).  The
     upward calls it makes are :class:`fastmetrics._upcalls.MetricUpcalls`."""
 
-    _metrics_map: Optional[Dict[Any, Any]] = None
-    _single_map: Optional[Dict[Any, Any]] = None
+    # label values -> child (a metric of the parent's class); parents only
+    _metrics_map: Optional[Dict[Tuple[str, ...], Any]] = None
+    _single_map: Optional[Dict[str, Any]] = None
     _nlabels = 0
 
     def _init_parent(self, nlabels: int) -> None:
@@ -268,39 +285,53 @@ class MetricCore(MetricUpcalls if TYPE_CHECKING else object):
         self._single_map = {} if nlabels == 1 else None
         self._nlabels = nlabels
 
-    def _child_added(self, key: Any, child: Any) -> None:
-        self._metrics_map[key] = child  # type: ignore[index]
+    # The three below are called on a parent only (after _init_parent), with
+    # the children lock held; like the C twin they fail with TypeError on a
+    # value that is not a parent.
+    def _child_added(self, key: Tuple[str, ...], child: Any) -> None:
+        cast("Dict[Tuple[str, ...], Any]", self._metrics_map)[key] = child
         if self._single_map is not None:
             self._single_map[key[0]] = child
 
-    def _child_removed(self, key: Any) -> None:
+    def _child_removed(self, key: Tuple[str, ...]) -> None:
         if self._single_map is not None:
             self._single_map.pop(key[0], None)
-        self._metrics_map.pop(key, None)  # type: ignore[union-attr]
+        cast("Dict[Tuple[str, ...], Any]", self._metrics_map).pop(key, None)
 
     def _children_cleared(self) -> None:
         if self._single_map is not None:
             self._single_map.clear()
-        self._metrics_map.clear()  # type: ignore[union-attr]
+        cast("Dict[Tuple[str, ...], Any]", self._metrics_map).clear()
 
     @property
-    def _metrics(self) -> Dict[Any, Any]:
+    def _metrics(self) -> Dict[Tuple[str, ...], Any]:
         if self._metrics_map is None:
             raise AttributeError("_metrics")
         return self._metrics_map
 
-    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+    def labels(self: _M, *labelvalues: Any, **labelkwargs: Any) -> _M:
+        """The child for these label values (created on first use): a metric
+        of this one's class.  Exact ``str`` values naming an existing child
+        are one dict lookup, without a lock; everything else goes to
+        ``_labels_slow`` (upstream's conversions and errors)."""
         children = self._metrics_map
         if (children is not None and not labelkwargs and len(labelvalues) == self._nlabels
                 and all(v.__class__ is str for v in labelvalues)):
             single = self._single_map
-            child = single.get(labelvalues[0]) if single is not None else children.get(labelvalues)
+            child: Optional[_M] = single.get(labelvalues[0]) if single is not None else children.get(labelvalues)
             if child is not None:
                 return child
         return self._labels_slow(labelvalues, labelkwargs)
 
 
-class CounterCore(MetricCore):
+if TYPE_CHECKING:
+    class _CounterBase(MetricCore, CounterUpcalls):
+        pass
+else:
+    _CounterBase = MetricCore
+
+
+class CounterCore(_CounterBase):
     """A counter value: one slot, summed over every thread's shard on read."""
 
     _slot = -1
@@ -318,7 +349,7 @@ class CounterCore(MetricCore):
         if self._slot < 0:
             self._slot = _slot_alloc()
 
-    def _add(self, amount: Any) -> None:
+    def _add(self, amount: float) -> None:
         if self._slot < 0:
             raise ValueError(f"{self._type} metric is missing label values")
         a = _amount(amount)
@@ -344,7 +375,8 @@ class CounterCore(MetricCore):
             finally:
                 lease.busy = False
 
-    def inc(self, amount: Any = 1, exemplar: Optional[Dict[str, str]] = None) -> None:
+    def inc(self, amount: float = 1, exemplar: Optional[Dict[str, str]] = None) -> None:
+        """Increment by ``amount`` (int, float or bool, >= 0). Lock-free."""
         self._add(amount)
         if exemplar:
             self._set_exemplar(exemplar, amount)
@@ -379,22 +411,20 @@ class EnumCore(MetricCore):
 
     _slot = -1
     _nstates = -1
-    _state_index: Dict[Any, int] = {}
-    _states_list: List[Any] = []
+    _state_index: Mapping[Any, int] = MappingProxyType({})   # state -> index (first match)
+    _states_list: Sequence[Any] = ()
 
     def __del__(self) -> None:
         if self._slot >= 0:
             _slot_free(self._slot)
             self._slot = -1
 
-    def _init_value(self, states: Any) -> None:
+    def _init_value(self, states: Iterable[str]) -> None:
         self._states_list = list(states)
         index: Dict[Any, int] = {}
         for i, s in enumerate(self._states_list):
-            try:
+            with contextlib.suppress(TypeError):   # unhashable: the slow path finds it
                 index.setdefault(s, i)
-            except TypeError:
-                pass
         self._state_index = index
         if self._slot < 0:
             slot = _slot_alloc()
@@ -406,7 +436,7 @@ class EnumCore(MetricCore):
             self._slot = slot
         self._nstates = len(self._states_list)
 
-    def _set(self, state: Any) -> None:
+    def _set(self, state: str) -> None:
         if self._nstates < 0:
             raise ValueError(f"{self._type} metric is missing label values")
         try:
@@ -419,16 +449,17 @@ class EnumCore(MetricCore):
         bits = _stamp_bits
         if bits:
             index |= (time.time_ns() // 1_000_000) << bits
-        _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] = index  # type: ignore[index]
+        _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] = index
 
-    def state(self, state: Any) -> None:
+    def state(self, state: str) -> None:
+        """Set the current state; ``ValueError`` for an unknown one. Lock-free."""
         self._set(state)
 
     def _get_index(self) -> int:
         slot = self._slot
         if self._nstates < 0:
             return 0
-        word: int = _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK]  # type: ignore[index]
+        word: int = _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK]
         bits = _stamp_bits
         return word & ((1 << bits) - 1) if bits else word
 

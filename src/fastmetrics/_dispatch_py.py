@@ -3,7 +3,7 @@ over the shard store's metrics, knowing no metric names."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 from ._core_py import CounterCore, EnumCore
 from ._upcalls import DispatchUpcalls
@@ -11,12 +11,18 @@ from ._upcalls import DispatchUpcalls
 implementation = "python"
 
 
-class Dispatcher(DispatchUpcalls if TYPE_CHECKING else object):
+if TYPE_CHECKING:   # the contract, for type checkers only: at run time the base is object
+    _DispatcherBase = DispatchUpcalls
+else:
+    _DispatcherBase = object
+
+
+class Dispatcher(_DispatcherBase):
     """Name -> metric dispatch (see the C twin, :mod:`fastmetrics._dispatch_c`,
     for the contract)."""
 
-    _counter_map: Optional[Dict[Any, CounterCore]] = None
-    _enum_map: Optional[Dict[Any, EnumCore]] = None
+    _counter_map: Optional[Dict[str, CounterCore]] = None
+    _enum_map: Optional[Dict[str, EnumCore]] = None
     _on = False
 
     @property
@@ -28,7 +34,7 @@ class Dispatcher(DispatchUpcalls if TYPE_CHECKING else object):
         self.__dict__["activated"] = value
         self._on = bool(value)
 
-    def _set_dispatch(self, counters: Dict[Any, CounterCore], enums: Dict[Any, EnumCore]) -> None:
+    def _set_dispatch(self, counters: Mapping[str, CounterCore], enums: Mapping[str, EnumCore]) -> None:
         """Install the name -> metric maps, once, before the handler is shared."""
         if self._counter_map is not None:
             raise RuntimeError("dispatch maps are already installed")
@@ -39,7 +45,8 @@ class Dispatcher(DispatchUpcalls if TYPE_CHECKING else object):
         self._counter_map = dict(counters)
         self._enum_map = dict(enums)
 
-    def inc(self, name: Any, n: Any = 1) -> None:
+    def inc(self, name: str, n: float = 1) -> None:
+        """Add ``n`` to the counter named ``name`` (``_inc_miss`` if none)."""
         if not self._on:
             return
         counters = self._counter_map
@@ -50,7 +57,8 @@ class Dispatcher(DispatchUpcalls if TYPE_CHECKING else object):
                 return
         self._inc_miss(name, n)
 
-    def state(self, state: Any, name: Any = "state") -> None:
+    def state(self, state: str, name: str = "state") -> None:
+        """Set the enum named ``name`` to ``state`` (``_state_miss`` if none)."""
         if not self._on:
             return
         enums = self._enum_map

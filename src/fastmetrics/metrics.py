@@ -18,24 +18,24 @@ import threading
 import time
 from types import ModuleType
 from typing import (TYPE_CHECKING, Any, Dict, Iterable, NamedTuple, Optional, Protocol, Sequence, Tuple, Type,
-                    TypeVar, Union)
+                    TypeVar, Union, cast)
 
 import prometheus_client
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client import metrics as _pm
 from prometheus_client.context_managers import ExceptionCounter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
 
-from . import _core, _fork
+from . import _core, _fork, _upstream
 from ._core import stats
+from ._upcalls import CounterUpcalls, MetricUpcalls
 
 __all__ = ["Counter", "Enum", "disable_created_metrics", "enable_created_metrics", "shard_stats"]
 
 T = TypeVar("T", bound="_MetricWrapper")
 
-disable_created_metrics = _pm.disable_created_metrics
-enable_created_metrics = _pm.enable_created_metrics
+disable_created_metrics = _upstream.disable_created_metrics
+enable_created_metrics = _upstream.enable_created_metrics
 
 # Guards creating/removing label children and reset (never the hot path).
 # Lock order: this lock, then a core's own lock (slot allocation).
@@ -43,7 +43,11 @@ _children_lock = threading.Lock()
 
 # fork(): held across it (rank METRICS in fastmetrics._fork, which owns the
 # order of every Python lock), so a child never inherits it mid-update.
-_fork.register(_fork.METRICS, _children_lock.acquire, _children_lock.release, _children_lock.release)
+def _lock_children() -> None:
+    _children_lock.acquire()
+
+
+_fork.register(_fork.METRICS, _lock_children, _children_lock.release, _children_lock.release)
 
 
 class SeriesMeta(NamedTuple):
@@ -69,8 +73,8 @@ class Recorder(Protocol):
     def check_strings(self, what: str, strings: Iterable[Any]) -> None: ...
     def check_labelvalues(self, values: Iterable[str]) -> None: ...
     def check_states(self, states: Iterable[Any]) -> None: ...
-    def counter_slot(self, metric: "_MetricWrapper", slot: int) -> None: ...
-    def enum_slot(self, metric: "_MetricWrapper", slot: int) -> None: ...
+    def counter_slot(self, metric: _MetricWrapper, slot: int) -> None: ...
+    def enum_slot(self, metric: _MetricWrapper, slot: int) -> None: ...
 
 
 _recorder: Optional[Recorder] = None
@@ -86,15 +90,29 @@ def set_recorder(recorder: Optional[Recorder]) -> None:
 def shard_stats() -> Dict[str, int]:
     """Shard-store counters: ``shards_total`` (ever created), ``shards_live`` (owned
     by a running thread), ``chunks``, ``slots_used``, ``slots_free``."""
-    return stats()  # type: ignore[no-any-return]
+    return stats()
 
 
-class _MetricWrapper:
+if TYPE_CHECKING:   # the upcall contract the core calls, for type checkers only
+    _WrapperBase = MetricUpcalls
+else:
+    _WrapperBase = object
+
+
+class _MetricWrapper(_WrapperBase):
     """The prometheus_client ``MetricWrapperBase`` contract, minus the hot path
     (``labels`` fast path, ``inc``, ``state`` come from the core base class)."""
 
     _type: str = ""
     _reserved_labelnames: Sequence[str] = ()
+
+    if TYPE_CHECKING:   # supplied by the core base class (fastmetrics._core_py.MetricCore is the contract)
+        def _init_parent(self, nlabels: int) -> None: ...
+        def _child_added(self, key: Tuple[str, ...], child: Any) -> None: ...
+        def _child_removed(self, key: Tuple[str, ...]) -> None: ...
+        def _children_cleared(self) -> None: ...
+        @property
+        def _metrics(self) -> Dict[Tuple[str, ...], Any]: ...
 
     def __init__(
         self,
@@ -110,22 +128,22 @@ class _MetricWrapper:
         self._original_name = name
         self._namespace = namespace
         self._subsystem = subsystem
-        self._name = _pm._build_full_name(self._type, name, namespace, subsystem, unit)
+        self._name = _upstream.build_full_name(self._type, name, namespace, subsystem, unit)
         if _recorder is not None and not _labelvalues:
             labelnames = tuple(labelnames)
             _recorder.check_strings("metric name", (self._name,))
             _recorder.check_strings("label name", labelnames)
             _recorder.check_strings("documentation", (documentation,))
-        self._labelnames = _pm._validate_labelnames(self, labelnames)
+        self._labelnames = _upstream.validate_labelnames(self, labelnames)
         self._labelvalues = tuple(_labelvalues or ())
         self._kwargs: Dict[str, Any] = {}
         self._documentation = documentation
         self._unit = unit
 
-        _pm._validate_metric_name(self._name)
+        _upstream.validate_metric_name(self._name)
 
         if self._is_parent():
-            self._init_parent(len(self._labelnames))  # type: ignore[attr-defined]
+            self._init_parent(len(self._labelnames))
 
         if self._is_observable():
             self._metric_init()
@@ -141,7 +159,7 @@ class _MetricWrapper:
 
     def _raise_if_not_observable(self) -> None:
         if not self._is_observable():
-            raise ValueError("%s metric is missing label values" % str(self._type))
+            raise ValueError(f"{self._type} metric is missing label values")
 
     def _is_parent(self) -> bool:
         return bool(self._labelnames and not self._labelvalues)
@@ -179,10 +197,10 @@ class _MetricWrapper:
 
     def _labels_slow(self: T, labelvalues: Tuple[Any, ...], labelkwargs: Dict[str, Any]) -> T:
         if not self._labelnames:
-            raise ValueError("No label names were set when constructing %s" % self)
+            raise ValueError(f"No label names were set when constructing {self}")
         if self._labelvalues:
-            raise ValueError("{} already has labels set ({}); can not chain calls to .labels()".format(
-                self, dict(zip(self._labelnames, self._labelvalues))))
+            raise ValueError(f"{self} already has labels set ({dict(zip(self._labelnames, self._labelvalues))}); "
+                             "can not chain calls to .labels()")
         if labelvalues and labelkwargs:
             raise ValueError("Can't pass both *args and **kwargs")
         if labelkwargs:
@@ -193,10 +211,10 @@ class _MetricWrapper:
             if len(labelvalues) != len(self._labelnames):
                 raise ValueError("Incorrect label count")
             key = tuple(str(value) for value in labelvalues)
-        children = self._metrics  # type: ignore[attr-defined]
-        child = children.get(key)
+        children = self._metrics
+        child: Optional[T] = children.get(key)
         if child is not None:
-            return child  # type: ignore[no-any-return]
+            return child
         if _recorder is not None:
             _recorder.check_labelvalues(key)   # before anything is allocated or written
         with _children_lock:
@@ -213,43 +231,43 @@ class _MetricWrapper:
                     _labelvalues=key,
                     **child_kwargs,
                 )
-                self._child_added(key, child)  # type: ignore[attr-defined]
-            return child  # type: ignore[no-any-return]
+                self._child_added(key, child)
+            return child
 
     def remove(self, *labelvalues: Any) -> None:
         """Remove the given labelset from the metric."""
         if not self._labelnames:
-            raise ValueError("No label names were set when constructing %s" % self)
+            raise ValueError(f"No label names were set when constructing {self}")
         if len(labelvalues) != len(self._labelnames):
-            raise ValueError("Incorrect label count (expected %d, got %s)" % (len(self._labelnames), labelvalues))
+            raise ValueError(f"Incorrect label count (expected {len(self._labelnames)}, got {labelvalues})")
         key = tuple(str(value) for value in labelvalues)
         with _children_lock:
-            self._child_removed(key)  # type: ignore[attr-defined]
+            self._child_removed(key)
 
     def remove_by_labels(self, labels: Dict[str, str]) -> None:
         """Remove all series whose labelset partially matches ``labels``."""
         if not self._labelnames:
-            raise ValueError("No label names were set when constructing %s" % self)
+            raise ValueError(f"No label names were set when constructing {self}")
         if not isinstance(labels, dict):
             raise TypeError("labels must be a dict of {label_name: label_value}")
         if not labels:
             return
-        invalid = [k for k in labels.keys() if k not in self._labelnames]
+        invalid = [k for k in labels if k not in self._labelnames]
         if invalid:
-            raise ValueError("Unknown label names: %s; expected %s" % (invalid, self._labelnames))
+            raise ValueError(f"Unknown label names: {invalid}; expected {self._labelnames}")
         pos_filter = {self._labelnames.index(k): str(v) for k, v in labels.items()}
         with _children_lock:
-            children = self._metrics  # type: ignore[attr-defined]
+            children = self._metrics
             for key in list(children):
                 if all(key[pos] == want for pos, want in pos_filter.items()):
-                    self._child_removed(key)  # type: ignore[attr-defined]
+                    self._child_removed(key)
 
     def clear(self) -> None:
         """Remove all labelsets from the metric."""
         if not self._labelnames:
             return
         with _children_lock:
-            self._children_cleared()  # type: ignore[attr-defined]
+            self._children_cleared()
 
     # -- exposition -------------------------------------------------------------
 
@@ -259,7 +277,7 @@ class _MetricWrapper:
         return self._child_samples()
 
     def _multi_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
-        children = self._metrics.copy()  # type: ignore[attr-defined]
+        children = self._metrics.copy()
         labelnames = self._labelnames
         for key, child in children.items():
             series_labels = list(zip(labelnames, key))
@@ -276,20 +294,34 @@ class _CounterValueView:
 
     __slots__ = ("_counter",)
 
-    def __init__(self, counter: "Counter") -> None:
+    def __init__(self, counter: _CounterAPI) -> None:
         self._counter = counter
 
     def get(self) -> float:
-        return self._counter._get()  # type: ignore[no-any-return]
+        return self._counter._get()
 
     def get_exemplar(self) -> Optional[Exemplar]:
         return self._counter._exemplar
 
 
-class _CounterAPI(_MetricWrapper):
+if TYPE_CHECKING:
+    class _CounterBase(_MetricWrapper, CounterUpcalls):
+        pass
+else:
+    _CounterBase = _MetricWrapper
+
+
+class _CounterAPI(_CounterBase):
     """Python-level half of ``Counter`` (the core base supplies inc/labels)."""
 
     _type = "counter"
+
+    if TYPE_CHECKING:   # supplied by the core base class (fastmetrics._core_py.CounterCore is the contract)
+        def _init_value(self) -> None: ...
+        def _slot_index(self) -> int: ...
+        def _get(self) -> float: ...
+        def _spare_slot(self) -> int: ...
+        def _reset_value(self) -> None: ...
 
     def _metric_init(self) -> None:
         self._exemplar: Optional[Exemplar] = None
@@ -304,22 +336,22 @@ class _CounterAPI(_MetricWrapper):
         metric = self._get_metric()
         add = metric.samples.append
         total_name, created_name = self._name + "_total", self._name + "_created"
-        use_created = _pm._use_created
+        use_created = _upstream.use_created()
         if not self._labelnames:
             add(Sample(total_name, {}, self._get(), None, self._exemplar))
             if use_created:
                 add(Sample(created_name, {}, self._created, None, None))
             return [metric]
         labelnames = self._labelnames
-        for key, child in self._metrics.copy().items():  # type: ignore[attr-defined]
+        for key, child in self._metrics.copy().items():
             labels = dict(zip(labelnames, key))
             add(Sample(total_name, labels, child._get(), None, child._exemplar))
             if use_created:
                 add(Sample(created_name, dict(labels), child._created, None, None))
         return [metric]
 
-    def _set_exemplar(self, exemplar: Dict[str, str], amount: Any) -> None:
-        _pm._validate_exemplar(exemplar)
+    def _set_exemplar(self, exemplar: Dict[str, str], amount: float) -> None:
+        _upstream.validate_exemplar(exemplar)
         self._exemplar = Exemplar(exemplar, amount, time.time())
 
     @property
@@ -349,13 +381,19 @@ class _CounterAPI(_MetricWrapper):
     ) -> ExceptionCounter:
         """Count exceptions leaving a block or function (context manager or decorator)."""
         self._raise_if_not_observable()
-        return ExceptionCounter(self, exception)  # type: ignore[arg-type]
+        # ExceptionCounter only calls the counter's inc(): ours stands in for upstream's.
+        return ExceptionCounter(cast("prometheus_client.Counter", self), exception)
 
 
 class _EnumAPI(_MetricWrapper):
     """Python-level half of ``Enum`` (the core base supplies state/labels)."""
 
     _type = "stateset"
+
+    if TYPE_CHECKING:   # supplied by the core base class (fastmetrics._core_py.EnumCore is the contract)
+        def _init_value(self, states: Iterable[str]) -> None: ...
+        def _slot_index(self) -> int: ...
+        def _get_index(self) -> int: ...
 
     def __init__(
         self,
@@ -395,7 +433,7 @@ class _EnumAPI(_MetricWrapper):
 
     @property
     def _value(self) -> int:
-        return self._get_index()  # type: ignore[no-any-return]
+        return self._get_index()
 
     def _child_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
         current = self._get_index()
@@ -431,12 +469,14 @@ def classes_for(core: ModuleType) -> Tuple[type, type]:
     with _classes_lock:
         pair = _classes.get(core.implementation)
         if pair is None:
-            class Counter(core.CounterCore, _CounterAPI):  # type: ignore[name-defined,misc]
+            # The base is the core chosen at run time (C or twin): type checkers see the
+            # TYPE_CHECKING classes at the end of this module instead.
+            class Counter(core.CounterCore, _CounterAPI):  # type: ignore[name-defined,misc]  # run-time base
                 __doc__ = _COUNTER_DOC
                 __module__ = __name__
                 __qualname__ = "Counter"
 
-            class Enum(core.EnumCore, _EnumAPI):  # type: ignore[name-defined,misc]
+            class Enum(core.EnumCore, _EnumAPI):  # type: ignore[name-defined,misc]  # run-time base, as above
                 __doc__ = _ENUM_DOC
                 __module__ = __name__
                 __qualname__ = "Enum"

@@ -27,12 +27,13 @@ import importlib
 import sys
 import threading
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple, Type
 
 import prometheus_client
 from prometheus_client import start_http_server
 
 from . import _core, metrics
+from ._upcalls import DispatchUpcalls
 
 __all__ = ["OpenCTIMetricHandler", "install", "uninstall"]
 
@@ -58,7 +59,13 @@ def _stands_in_for(metric: Any, expected_type: Any) -> bool:
     return upstream is not None and issubclass(upstream, expected_type)
 
 
-class _HandlerAPI:
+if TYPE_CHECKING:   # the upcall contract the core calls, for type checkers only
+    _HandlerBase = DispatchUpcalls
+else:
+    _HandlerBase = object
+
+
+class _HandlerAPI(_HandlerBase):
     """Python half of the handler: construction and pycti's slow paths.
 
     ``inc`` / ``state`` and the ``activated`` property come from the core base
@@ -67,8 +74,14 @@ class _HandlerAPI:
     built); those reproduce pycti's code path exactly, logging included.
     """
 
-    _counter_class: type
-    _enum_class: type
+    _counter_class: Type[metrics.Counter]
+    _enum_class: Type[metrics.Enum]
+    _metrics: Dict[str, Any]   # pycti's: connectors may add their own metrics
+
+    if TYPE_CHECKING:   # supplied by the core base class (fastmetrics._dispatch_py.Dispatcher is the contract)
+        activated: Any
+        def _set_dispatch(self, counters: Mapping[str, _core.CounterCore],
+                          enums: Mapping[str, _core.EnumCore]) -> None: ...
 
     def __init__(
         self,
@@ -99,7 +112,7 @@ class _HandlerAPI:
             self._metrics = {**counters, **enums}
             # The core trusts these maps' types (no check on the hot path): only
             # metrics built here, on the same core, go in.
-            self._set_dispatch(counters, enums)  # type: ignore[attr-defined]
+            self._set_dispatch(counters, enums)
 
     def _metric_exists(self, name: str, expected_type: Any) -> bool:
         """True if ``_metrics[name]`` exists and is an ``expected_type``; otherwise
@@ -121,7 +134,7 @@ class _HandlerAPI:
             return False
         return True
 
-    def _inc_miss(self, name: str, n: Any) -> None:
+    def _inc_miss(self, name: str, n: float) -> None:
         """pycti's ``inc`` body, for a name the core's dispatch map does not hold."""
         if self._metric_exists(name, prometheus_client.Counter):
             self._metrics[name].inc(n)
@@ -170,7 +183,10 @@ def handler_class_for(core: ModuleType) -> type:
         if cls is None:
             counter, enum = metrics.classes_for(core)
 
-            class OpenCTIMetricHandler(_core.dispatch_for(core).Dispatcher, _HandlerAPI):  # type: ignore[misc]
+            # The base is the dispatcher chosen at run time (C or twin): type checkers see
+            # the TYPE_CHECKING class below instead.
+            class OpenCTIMetricHandler(_core.dispatch_for(core).Dispatcher,  # type: ignore[misc]  # run-time base
+                                       _HandlerAPI):
                 __doc__ = _HANDLER_DOC
                 __module__ = __name__
                 __qualname__ = "OpenCTIMetricHandler"
@@ -202,7 +218,7 @@ _originals: Dict[str, Any] = {}  # module name -> what install() replaced
 _install_lock = threading.Lock()
 
 
-def _import_pycti() -> list:
+def _import_pycti() -> List[ModuleType]:
     try:
         return [importlib.import_module(name) for name in _PYCTI_MODULES]
     except ModuleNotFoundError as exc:

@@ -83,7 +83,7 @@ class ServerProcess:
     def __init__(self, argv: Sequence[str], log: Path, env: Optional[Mapping[str, str]] = None) -> None:
         self.argv = list(argv)
         self.log = log
-        self._log_file = open(log, "wb")
+        self._log_file = open(log, "wb")  # noqa: SIM115 - the child's output until stop() closes it
         self.proc = subprocess.Popen(self.argv, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=None if env is None else dict(env))
 
@@ -194,9 +194,9 @@ class DemoProcess(ServerProcess):
 
     def __init__(self, args: Sequence[str], workdir: Path) -> None:
         self.stdout_path = workdir / "demo.stdout"
-        self._stdout_file = open(self.stdout_path, "wb")
+        self._stdout_file = open(self.stdout_path, "wb")  # noqa: SIM115 - closed by stop()
         self.log = workdir / "demo.stderr"
-        self._log_file = open(self.log, "wb")
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed by stop()
         self.argv = [sys.executable, "-m", "fastmetrics", "demo", *args]
         self.proc = subprocess.Popen(self.argv, stdout=self._stdout_file, stderr=self._log_file,
                                      stdin=subprocess.DEVNULL, env=package_env())

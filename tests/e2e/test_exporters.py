@@ -110,7 +110,7 @@ def test_all_exporters_serve_the_same_bytes(registry: CollectorRegistry, http_se
     assert from_asgi == from_http_server
 
     # Non-vacuous: the body is the fixed registry's exposition in the negotiated format.
-    status, content_type, body = from_http_server
+    _, content_type, body = from_http_server
     text = body.decode("utf-8")
     if content_type.startswith("application/openmetrics-text"):
         assert text.endswith("# EOF\n")

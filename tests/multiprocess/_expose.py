@@ -4,6 +4,7 @@ samples, enum states, the directory listing, expected totals."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -51,10 +52,8 @@ def bounded(call: Callable[[], Any], fifo_dir: Optional[Path] = None) -> Any:
         for _ in range(20):
             for entry in (fifo_dir.iterdir() if fifo_dir else ()):
                 if stat.S_ISFIFO(entry.lstat().st_mode):
-                    try:
+                    with contextlib.suppress(OSError):
                         os.close(os.open(entry, os.O_WRONLY | os.O_NONBLOCK))
-                    except OSError:
-                        pass
             thread.join(0.5)
         pytest.fail(f"{call} did not return within {DEADLINE} s")
     if "error" in box:

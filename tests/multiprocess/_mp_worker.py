@@ -184,7 +184,7 @@ def scenario_serve(args: dict) -> None:
 # -- multiprocessing.Pool ------------------------------------------------------
 
 def _pool_task(task: tuple) -> dict:
-    impl, n, k = task
+    _impl, n, k = task
     import fastmetrics
     from fastmetrics import multiprocess
 

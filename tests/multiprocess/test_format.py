@@ -45,8 +45,8 @@ def test_the_layout_is_pinned():
         bytes(56)
     assert fmt.header(7, 9, 4096, uid)[8:16] == _u32(2) + _u32(0)
     assert fmt.header(7, 9, 4096, uid)[64:72] == _i64(128)
-    assert (fmt.REC_CHUNK, fmt.REC_WORDS, fmt.REC_COUNTER, fmt.REC_ENUM, fmt.REC_RETIRE, fmt.REC_TOTAL, fmt.REC_LAST,
-            fmt.REC_ABSORBED) == tuple(range(1, 9))
+    assert tuple(range(1, 9)) == (fmt.REC_CHUNK, fmt.REC_WORDS, fmt.REC_COUNTER, fmt.REC_ENUM, fmt.REC_RETIRE,
+                                  fmt.REC_TOTAL, fmt.REC_LAST, fmt.REC_ABSORBED)
     assert fmt.record(fmt.REC_COUNTER, 5, b"abc") == _u32(3) + _u32(3) + _i64(5) + b"abc" + bytes(128 - 19)
     data = bytes(range(256)) * 16
     assert fmt.record(fmt.REC_WORDS, 2, data) == _u32(2) + _u32(4096) + _i64(2) + bytes(112) + data

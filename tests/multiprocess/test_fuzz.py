@@ -148,7 +148,8 @@ def _json_variant(rng: random.Random, kind: int) -> bytes:
     type_ = fmt.COUNTER if kind in (fmt.REC_COUNTER, fmt.REC_TOTAL) else fmt.STATESET
     states = None if type_ == "counter" else ["a", "b"]
     surrogate = os.fsdecode(b"\xff")
-    variants = _GARBAGE_JSON + [
+    variants = [
+        *_GARBAGE_JSON,
         fm.meta_body(type_, ""),
         fm.meta_body(type_, "victim bad name", states=states),
         fm.meta_body(type_, "victim_x" + surrogate, states=states),

@@ -14,10 +14,7 @@ def number(kind: Callable[[str], N], low: N, high: N, *, above_low: bool = False
     infinite, is rejected with a message that states the whole range, the same for every
     such value (``argument --x: must be ...``); text that ``kind`` cannot parse
     is argparse's ``invalid <kind> value``."""
-    if above_low:
-        bounds = f"> {low:g} and <= {high:g}"
-    else:
-        bounds = f"between {low:g} and {high:g}"
+    bounds = f"> {low:g} and <= {high:g}" if above_low else f"between {low:g} and {high:g}"
 
     def parse(text: str) -> N:
         value = kind(text)  # ValueError: argparse says "invalid <kind> value: 'text'"

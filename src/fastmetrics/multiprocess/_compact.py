@@ -4,6 +4,7 @@ so a directory holds one file per live process, plus the archive and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Dict, List, NamedTuple, Optional, Set
@@ -214,10 +215,8 @@ def write_archive(path: str, counters: Dict[SeriesKey, float], enums: Dict[Serie
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

@@ -128,7 +128,7 @@ class Meta(NamedTuple):
         return self.name, self.labelvalues
 
 
-EnumValue = NamedTuple("EnumValue", [("index", int), ("stamp_ns", int)])
+EnumValue = NamedTuple("EnumValue", [("index", int), ("stamp_ns", int)])  # noqa: UP014 - see below
 """An enum word, decoded: the index of the current state, and the wall clock
 when it was set (ns since the epoch).  (Functional form: a class body could
 not name a field ``index``, which ``tuple`` already defines.)"""
@@ -252,7 +252,7 @@ def aside_name(name: str, stamp_ns: Optional[int] = None) -> str:
     return f"{name}{CORRUPT_SUFFIX}" + (f"-{stamp_ns}" if stamp_ns is not None else "")
 
 
-_PROCESS_FILE_NAME = re.compile(r"(0|[1-9][0-9]*)-([0-9a-f]{%d})%s\Z" % (2 * UID_SIZE, re.escape(SUFFIX)))
+_PROCESS_FILE_NAME = re.compile(rf"(0|[1-9][0-9]*)-([0-9a-f]{{{2 * UID_SIZE}}}){re.escape(SUFFIX)}\Z")
 
 
 @functools.lru_cache(maxsize=4096)   # a scrape parses every name of the directory again

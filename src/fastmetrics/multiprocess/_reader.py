@@ -145,7 +145,7 @@ def _parse_meta(body: bytes, kind: str) -> Meta:
                     tuple(doc["labelvalues"]), tuple(doc.get("states", ())))
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise CorruptFile(f"bad metadata: {type(e).__name__}: {str(e)[:200]}") from None
-    strings = (meta.name, meta.doc, meta.unit) + meta.labelnames + meta.labelvalues + meta.states
+    strings = (meta.name, meta.doc, meta.unit, *meta.labelnames, *meta.labelvalues, *meta.states)
     # Names were validated by prometheus_client when the metric was created;
     # here the shape is checked (the CRC catches damaged bytes), and that the
     # collector can build and encode the family (files written before
@@ -211,8 +211,22 @@ class _Layout:
     only extended; the counts themselves are re-read on every read, through
     ``plan`` (rebuilt when a walk found new records)."""
 
-    __slots__ = ("head", "header", "scanned", "chunks", "words", "counter_slots", "enum_slots", "retired",
-                 "counters", "enums", "metas", "absorbed", "problems", "plan")
+    __slots__ = (
+        "absorbed",
+        "chunks",
+        "counter_slots",
+        "counters",
+        "enum_slots",
+        "enums",
+        "head",
+        "header",
+        "metas",
+        "plan",
+        "problems",
+        "retired",
+        "scanned",
+        "words",
+    )
 
     def __init__(self, head: bytes) -> None:
         self.head = head                                 # header bytes 0..63, as validated

@@ -12,6 +12,7 @@ Nothing here imports the cores or :mod:`fastmetrics.metrics` at module level
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import mmap
@@ -50,7 +51,7 @@ class _Declared(Protocol):
     """What the writer reads of a metric value: its public ``series_meta()``
     (:class:`fastmetrics.metrics.SeriesMeta`)."""
 
-    def series_meta(self) -> "SeriesMeta": ...
+    def series_meta(self) -> SeriesMeta: ...
 
 
 def _meta(metric: _Declared) -> Meta:
@@ -83,10 +84,8 @@ class _ProcessFile:
             os.rename(tmp, path)
         except BaseException:
             os.close(fd)
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
         return cls(path, fd, mm)
 

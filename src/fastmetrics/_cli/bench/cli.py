@@ -35,7 +35,7 @@ DESCRIPTION = ("A quick interleaved benchmark, no pytest needed: ns per call of 
                "prometheus_client and pycti's real OpenCTIMetricHandler, with the ratios between them.")
 
 
-def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand; its ``run`` default calls :func:`run` with it."""
     parser = subparsers.add_parser("bench", prog=PROG, description=DESCRIPTION,
                                    help="quick interleaved benchmark: ns/op, x floor, x faster than peers")

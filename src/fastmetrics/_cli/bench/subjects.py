@@ -71,7 +71,7 @@ class FloorMetric:
     def inc(self, amount: Any = 1, exemplar: Any = None) -> None:
         pass
 
-    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> "FloorMetric":
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> FloorMetric:
         return self
 
     def state(self, state: Any) -> None:

@@ -176,4 +176,4 @@ def calibrate(workload: Workload, target_s: float, max_n: int = 1 << 24) -> int:
     best = min(time_batch(workload, n) for _ in range(3))
     if best <= 0:
         return max_n
-    return max(1, min(max_n, int(round(n * target_s / best))))
+    return max(1, min(max_n, round(n * target_s / best)))

@@ -58,7 +58,7 @@ def _json_target(path: str) -> str:
     return path
 
 
-def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the ``demo`` subcommand (its ``run`` default is :func:`run`)."""
     p = subparsers.add_parser("demo", prog=PROG, description=DESCRIPTION,
                               help="run a simulated OpenCTI connector with live metrics")
@@ -92,7 +92,7 @@ class Options:
     linger: float
 
     @classmethod
-    def of(cls, ns: argparse.Namespace) -> "Options":
+    def of(cls, ns: argparse.Namespace) -> Options:
         return cls(ns.host, ns.port, ns.threads, ns.duration, ns.rate, ns.json, ns.linger)
 
 
@@ -109,7 +109,7 @@ class _Signals:
         for event in self.events:
             event.set()
 
-    def __enter__(self) -> "_Signals":
+    def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)

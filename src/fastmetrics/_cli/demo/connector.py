@@ -62,7 +62,7 @@ class Tally:
     """What one worker did; written only by its own thread, read by others after
     it has joined (or approximately, for the progress line, while it runs)."""
 
-    __slots__ = ("objects", "bundles", "runs", "client_errors")
+    __slots__ = ("bundles", "client_errors", "objects", "runs")
 
     def __init__(self) -> None:
         self.objects = 0
