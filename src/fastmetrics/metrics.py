@@ -1,7 +1,7 @@
 """prometheus_client-compatible ``Counter`` and ``Enum`` on the sharded core.
 
 Naming, validation, errors, label handling, registration and exposition follow
-``prometheus_client.metrics`` (0.20+) exactly, reusing its own validators, so
+``prometheus_client.metrics`` (0.20 to 0.26) exactly, reusing its own validators, so
 swapping the import changes nothing but speed.  Each metric is a collector
 (``describe()`` / ``collect()``) registered in a ``CollectorRegistry`` like the
 originals; ``collect()`` folds the per-thread shards into the same ``Metric``
@@ -14,6 +14,8 @@ across ``fork()`` so a child process never inherits it locked).
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 import time
 from types import ModuleType
@@ -36,6 +38,51 @@ T = TypeVar("T", bound="_MetricWrapper")
 
 disable_created_metrics = _pm.disable_created_metrics
 enable_created_metrics = _pm.enable_created_metrics
+
+
+# -- prometheus_client's private helpers, 0.20 to the latest (0.26) --------------
+# Reused so that names, validation and error messages stay prometheus_client's
+# own.  _build_full_name, _validate_labelnames, _validate_exemplar and
+# _use_created (read at each collect(): disable_created_metrics() rebinds it)
+# are in prometheus_client.metrics in every version: 0.22 moved the validators
+# to prometheus_client.validation, which metrics imports them from.  0.22 also
+# added _validate_metric_name (UTF-8 names unless
+# PROMETHEUS_LEGACY_NAME_VALIDATION is on); 0.20 and 0.21 check the name inline
+# in MetricWrapperBase.__init__, which _validate_metric_name_0_20 copies.
+# .ci/run tests the declared minimum and the latest release.
+
+
+def _validate_metric_name_0_20(name: str) -> None:
+    from prometheus_client.metrics_core import METRIC_NAME_RE
+
+    if not METRIC_NAME_RE.match(name):
+        raise ValueError("Invalid metric name: " + name)
+
+
+_build_full_name = _pm._build_full_name
+_validate_labelnames = _pm._validate_labelnames
+_validate_exemplar = _pm._validate_exemplar
+_validate_metric_name = getattr(_pm, "_validate_metric_name", _validate_metric_name_0_20)
+
+
+@functools.lru_cache(maxsize=None)
+def _prometheus_client_version() -> Tuple[int, ...]:
+    """(major, minor) of the installed prometheus_client, read once, on a cold
+    path; a copy without metadata (vendored) counts as the newest."""
+    try:
+        from importlib.metadata import version
+
+        found = re.match(r"(\d+)\.(\d+)", version("prometheus_client"))
+    except Exception:  # PackageNotFoundError, or no importlib.metadata
+        found = None
+    return (int(found[1]), int(found[2])) if found else (1 << 30,)
+
+
+def _removing_absent_raises() -> bool:
+    """prometheus_client < 0.22 raises KeyError from ``remove()`` of a labelset
+    it does not hold; 0.22 and later ignore it.  fastmetrics does what the
+    installed one does."""
+    return _prometheus_client_version() < (0, 22)
 
 # Guards creating/removing label children and reset (never the hot path).
 # Lock order: this lock, then a core's own lock (slot allocation).
@@ -111,19 +158,19 @@ class _MetricWrapper:
         self._original_name = name
         self._namespace = namespace
         self._subsystem = subsystem
-        self._name = _pm._build_full_name(self._type, name, namespace, subsystem, unit)
+        self._name = _build_full_name(self._type, name, namespace, subsystem, unit)
         if _recorder is not None and not _labelvalues:
             labelnames = tuple(labelnames)
             _recorder.check_strings("metric name", (self._name,))
             _recorder.check_strings("label name", labelnames)
             _recorder.check_strings("documentation", (documentation,))
-        self._labelnames = _pm._validate_labelnames(self, labelnames)
+        self._labelnames = _validate_labelnames(self, labelnames)
         self._labelvalues = tuple(_labelvalues or ())
         self._kwargs: Dict[str, Any] = {}
         self._documentation = documentation
         self._unit = unit
 
-        _pm._validate_metric_name(self._name)
+        _validate_metric_name(self._name)
 
         if self._is_parent():
             self._init_parent(len(self._labelnames))  # type: ignore[attr-defined]
@@ -224,11 +271,15 @@ class _MetricWrapper:
         if len(labelvalues) != len(self._labelnames):
             raise ValueError("Incorrect label count (expected %d, got %s)" % (len(self._labelnames), labelvalues))
         key = tuple(str(value) for value in labelvalues)
+        strict = _removing_absent_raises()
         with _children_lock:
+            if strict and key not in self._metrics:  # type: ignore[attr-defined]
+                raise KeyError(key)
             self._child_removed(key)  # type: ignore[attr-defined]
 
     def remove_by_labels(self, labels: Dict[str, str]) -> None:
-        """Remove all series whose labelset partially matches ``labels``."""
+        """Remove all series whose labelset partially matches ``labels`` (as
+        prometheus_client 0.24+ does; available with any version)."""
         if not self._labelnames:
             raise ValueError("No label names were set when constructing %s" % self)
         if not isinstance(labels, dict):
@@ -246,7 +297,8 @@ class _MetricWrapper:
                     self._child_removed(key)  # type: ignore[attr-defined]
 
     def clear(self) -> None:
-        """Remove all labelsets from the metric."""
+        """Remove all labelsets from the metric (nothing to do without labels,
+        as in prometheus_client 0.26; earlier versions raise AttributeError)."""
         if not self._labelnames:
             return
         with _children_lock:
@@ -320,7 +372,7 @@ class _CounterAPI(_MetricWrapper):
         return [metric]
 
     def _set_exemplar(self, exemplar: Dict[str, str], amount: Any) -> None:
-        _pm._validate_exemplar(exemplar)
+        _validate_exemplar(exemplar)
         self._exemplar = Exemplar(exemplar, amount, time.time())
 
     @property
