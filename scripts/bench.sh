@@ -7,7 +7,9 @@
 #   bash scripts/bench.sh -k nogil           # extra arguments go to pytest
 #
 # Timings need idle cores: a gate that misses fails this command (exit 1), not
-# the test command.  pycti's handler is downloaded once
+# the test command.  Thread-scaling gates are normalised by a control loop with
+# no shared state measured in the same run, and report INCONCLUSIVE (never a
+# failure) when that control shows no free core or unsteady load.  pycti's handler is downloaded once
 # (pip download) for its gates; offline, FASTMETRICS_BENCH_PYCTI_FILE names it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
