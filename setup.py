@@ -12,14 +12,23 @@ Developer switches (kept out of the default build, as uvloop does):
                                  as .ci/sanitizers.sh does.
 Build flags are recorded in build/fastmetrics-flags.txt, a dependency of the
 extension: switching them rebuilds it instead of reusing a stale build/ copy.
-A compiler failure falls back to the pure-Python twin with a warning, unless
-FASTMETRICS_REQUIRE_EXTENSIONS=1 (CI sets it where the extension must build).
+
+On CPython a failed compile fails the build (an error naming the opt-out,
+FASTMETRICS_NO_EXTENSIONS=1, for a deliberate pure-Python install): without
+the extension fastmetrics is no faster than prometheus_client, and a silent
+fallback would hide that.  Other interpreters (PyPy, GraalPy) build nothing
+and use the pure-Python twin, as multidict does.
+
+The .pyx sources are cythonized by build_ext, not when setup.py is loaded, so
+an sdist holds the .pyx/.pxd/.h sources and never generated C.
 """
 import os
+import platform
 import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import BaseError
 
 
 def _flag(name):
@@ -63,32 +72,67 @@ def _flags_stamp(flags):
     return path
 
 
-class OptionalBuildExt(build_ext):
+OPT_OUT = "FASTMETRICS_NO_EXTENSIONS"
+EXTENSIONS = ("_core_c", "_dispatch_c")  # the shard store and hot path; name -> metric dispatch over it
+HEADERS = [f"src/fastmetrics/{h}" for h in ("_atomics.h", "_shards.h", "_arena.h", "_pydict.h")]
+
+
+class ExtensionBuildError(BaseError):
+    """The C extension did not build on CPython (setuptools prints it as ``error: ...``)."""
+
+
+def _failure_message(what, exc):
+    return (
+        f"fastmetrics: building {what} failed: {exc}\n"
+        "Without its C extension fastmetrics runs a pure-Python core that is no faster "
+        "than prometheus_client, so this build stops here.  Either\n"
+        "  - install a C compiler and the Python headers (Debian/Ubuntu: apt-get install gcc python3-dev; "
+        "Alpine: apk add build-base python3-dev; Windows: the MSVC build tools) and retry,\n"
+        "  - install a binary wheel (pip install --only-binary=prometheus-fastmetrics prometheus-fastmetrics), or\n"
+        f"  - for a deliberate pure-Python install, set {OPT_OUT}=1 (e.g. {OPT_OUT}=1 pip install prometheus-fastmetrics)."
+    )
+
+
+class BuildExt(build_ext):
+    """Cythonizes at build time, records the flags, and turns any failure into
+    :class:`ExtensionBuildError` naming the opt-out."""
+
     def run(self):
+        for ext in self.extensions:
+            ext.depends = [*ext.depends, _flags_stamp(ext.extra_compile_args + ["link:"] + ext.extra_link_args)]
         try:
             super().run()
-        except Exception as exc:  # no compiler, missing headers...
-            self._fallback(exc)
+        except ExtensionBuildError:
+            raise
+        except Exception as exc:  # no compiler (DistutilsPlatformError), missing headers...
+            raise ExtensionBuildError(_failure_message("the C extensions", exc)) from exc
 
     def build_extension(self, ext):
         try:
+            if any(source.endswith(".pyx") for source in ext.sources):
+                from Cython.Build import cythonize
+
+                ext.sources = cythonize(
+                    [ext],
+                    include_path=["src"],  # `from fastmetrics._core_c cimport ...`
+                    annotate=_flag("FASTMETRICS_CYTHON_ANNOTATE"),
+                    compiler_directives={"language_level": "3", "freethreading_compatible": True},
+                    force=self.force,
+                    quiet=not self.verbose,
+                )[0].sources
             super().build_extension(ext)
         except Exception as exc:
-            self._fallback(exc)
-
-    def _fallback(self, exc):
-        if _flag("FASTMETRICS_REQUIRE_EXTENSIONS"):
-            raise exc
-        sys.stderr.write(
-            f"WARNING: fastmetrics C extension not built ({exc}); "
-            "the pure-Python implementation will be used.\n"
-        )
+            raise ExtensionBuildError(_failure_message(f"the C extension {ext.name}", exc)) from exc
 
 
-ext_modules = []
-if not _flag("FASTMETRICS_NO_EXTENSIONS"):
-    from Cython.Build import cythonize
-
+def _extensions():
+    """The extensions to build here: none with the opt-out or off CPython."""
+    if _flag(OPT_OUT):
+        return []
+    implementation = platform.python_implementation()
+    if implementation != "CPython":
+        sys.stderr.write(f"fastmetrics: {implementation} uses the pure-Python core; no C extension is built.\n")
+        return []
     debug = _flag("FASTMETRICS_DEBUG_BUILD")
     if sys.platform == "win32":
         compile_args = ["/Od", "/Zi"] if debug else ["/O2"]
@@ -97,24 +141,17 @@ if not _flag("FASTMETRICS_NO_EXTENSIONS"):
     link_args = _sanitize_args()
     if link_args:   # after the -O above: the sanitizer's -O1 wins (-O0 if debug)
         compile_args += [a for a in link_args if not (debug and a == "-O1")]
-    headers = [f"src/fastmetrics/{h}" for h in ("_atomics.h", "_shards.h", "_arena.h", "_pydict.h")]
-    stamp = _flags_stamp(compile_args + ["link:"] + link_args)
-    ext_modules = cythonize(
-        [
-            Extension(
-                f"fastmetrics.{name}",
-                [f"src/fastmetrics/{name}.pyx"],
-                include_dirs=["src/fastmetrics"],
-                extra_compile_args=compile_args,
-                extra_link_args=link_args,
-                depends=[stamp, *headers],
-            )
-            # the shard store and hot path; name -> metric dispatch over it
-            for name in ("_core_c", "_dispatch_c")
-        ],
-        include_path=["src"],   # `from fastmetrics._core_c cimport ...`
-        annotate=_flag("FASTMETRICS_CYTHON_ANNOTATE"),
-        compiler_directives={"language_level": "3", "freethreading_compatible": True},
-    )
+    return [
+        Extension(
+            f"fastmetrics.{name}",
+            [f"src/fastmetrics/{name}.pyx"],
+            include_dirs=["src/fastmetrics"],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+            depends=list(HEADERS),
+        )
+        for name in EXTENSIONS
+    ]
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

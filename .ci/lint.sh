@@ -3,15 +3,14 @@
 # `mypy --strict src/fastmetrics`; non-zero on any finding.
 #
 # Installs the package with its lint extra into VENV (first argument, default
-# $FASTMETRICS_VENV or .venv; created if missing).  Pure-Python install (no
-# compile: neither tool needs the extension); scripts/test.sh then rebuilds
-# the package in the same venv, so the test suite has mypy for
-# tests/test_typing.py.
+# .venv-lint; created if missing).  Pure-Python install (no compile: neither
+# tool needs the extension).  The test suite's own mypy run
+# (tests/test_typing.py) gets mypy from the `test` extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-VENV=${1:-${FASTMETRICS_VENV:-.venv}}
+VENV=${1:-.venv-lint}
 
 echo "== lint: the lint extra into $VENV"
 if [[ ! -x $VENV/bin/python ]]; then

@@ -6,6 +6,8 @@
 * :func:`pycti_module`: pycti's real ``OpenCTIMetricHandler`` module from the
   published wheel, downloaded once into a cache dir.
 * :func:`unavailable`: skip a case that cannot run here (fail for pycti in CI).
+* :class:`PerThreadLoops`: a workload whose every thread runs its own loop over
+  its own subject (the no-shared-state control of the thread-scaling gates).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,27 @@ from fastmetrics._cli.bench.timing import Workload, calibrate, gc_paused
 
 PYCTI_VERSION = "7.261026.0"   # = tests/_support.py's (tests/test_support.py checks)
 PYCTI_MEMBER = "pycti/connector/opencti_metric_handler.py"
+
+
+class PerThreadLoops(Workload):
+    """``run(n)`` runs, in the calling thread, that thread's own loop (made by
+    ``factory()`` on its first call), so threads share no subject: under a
+    :class:`~fastmetrics._cli.bench.timing.ThreadedLoop` this is the control of
+    a thread-scaling gate."""
+
+    def __init__(self, factory: Callable[[], Workload]) -> None:
+        self._factory = factory
+        self._local = threading.local()
+        self._prototype = factory()  # for ops(); never run
+
+    def run(self, n: int) -> None:
+        loop = getattr(self._local, "loop", None)
+        if loop is None:
+            loop = self._local.loop = self._factory()
+        loop.run(n)
+
+    def ops(self, n: int) -> int:
+        return self._prototype.ops(n)
 
 
 def in_ci() -> bool:

@@ -44,6 +44,22 @@ cdef extern from *:
     long long fm_demo_shared_get() nogil
     void fm_demo_shared_set(long long v) nogil
 
+cdef extern from *:
+    """
+    /* The control for thread scaling: the same shape of loop as hammer()'s
+       (an indirect call per increment, as counter_add is reached through the
+       C-API table, then a load and a store of a double) on private memory, a
+       word on the calling thread's own stack: nothing shared. */
+    static void fm_demo_private_add(volatile double *word, double amount) { *word = *word + amount; }
+    static void (*volatile fm_demo_private_add_fn)(volatile double *, double) = fm_demo_private_add;
+    static void fm_demo_private_loop(long n) {
+        volatile double word = 0;
+        long i;
+        for (i = 0; i < n; i++) fm_demo_private_add_fn(&word, 1.0);
+    }
+    """
+    void fm_demo_private_loop(long n) nogil
+
 
 def hammer(CounterCore c not None, long n, double amount=1.0):
     """``n`` x ``counter_add(c, amount)`` without the GIL; returns how many failed (-1)."""
@@ -99,6 +115,13 @@ def hammer_shared(long n):
     with nogil:
         for i in range(n):
             fm_demo_shared_add(1)
+
+
+def hammer_private(long n):
+    """``n`` x an add to a word on this thread's own stack, without the GIL: no
+    shared state, so it scales with free cores (the bench's control)."""
+    with nogil:
+        fm_demo_private_loop(n)
 
 
 def shared_value():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional, Tuple
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -31,3 +32,26 @@ def outcome(fn: Callable[[], Any]) -> Tuple[str, Optional[str]]:
     except Exception as exc:  # compared, never swallowed silently
         return type(exc).__name__, str(exc)
     return "ok", None
+
+
+# -- what the installed prometheus_client does where its releases differ ------------
+# (.ci/run tests the declared minimum, 0.20, and the latest.)  fastmetrics
+# follows the installed version where that is behaviour (remove() of an absent
+# labelset: KeyError before 0.22) and keeps the newest API otherwise.
+
+#: ``remove_by_labels`` exists (0.24+); fastmetrics has it with any version.
+PC_HAS_REMOVE_BY_LABELS = hasattr(prometheus_client.Counter, "remove_by_labels")
+#: ``clear()`` of an unlabelled metric is a no-op (0.26+); earlier versions
+#: raise AttributeError (no ``_lock``), fastmetrics does nothing with any version.
+PC_CLEAR_UNLABELLED_OK = outcome(lambda: prometheus_client.Counter("probe", "d", registry=None).clear()) == ("ok", None)
+def _enum_validates_first() -> bool:
+    registry = CollectorRegistry()
+    outcome(lambda: prometheus_client.Enum("probe", "d", ["l"], states=[], registry=registry))
+    return not list(registry.collect())
+
+
+#: An invalid ``Enum`` (no states) raises before registering anything (0.26+);
+#: earlier versions register it first (then raise, or fail in ``register()``
+#: with AttributeError), leaving a broken collector behind.  fastmetrics
+#: validates first with any version.
+PC_ENUM_VALIDATES_FIRST = _enum_validates_first()

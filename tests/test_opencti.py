@@ -583,7 +583,9 @@ def test_fresh_process_bare_names_and_second_handler(impl: Any) -> None:
     assert "bundles_sent_total 2.0\n" in text
     assert 'state{state="stopped"} 1.0\n' in text
     error_type, message = out["duplicate"]
-    assert error_type == "prometheus_client.registry.DuplicateTimeseries"  # a ValueError, as pycti's
+    # prometheus_client's own duplicate error (DuplicateTimeseries, a ValueError, since 0.26), as pycti's
+    duplicate = getattr(prometheus_client.registry, "DuplicateTimeseries", ValueError)
+    assert error_type == f"{duplicate.__module__}.{duplicate.__qualname__}"
     assert message.startswith("Duplicated timeseries in CollectorRegistry: {")
     assert sorted(message[message.index("{") + 1 : -1].split(", ")) == [
         "'bundles_sent'", "'bundles_sent_created'", "'bundles_sent_total'"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 from prometheus_client import CollectorRegistry
 
-from _parity import expositions, outcome
+from _parity import PC_CLEAR_UNLABELLED_OK, PC_ENUM_VALIDATES_FIRST, expositions, outcome
 from _support import extensions_disabled, load
 
 
@@ -65,7 +65,10 @@ class SameExposition(RuleBasedStateMachine):
         return (objs, len(labelnames)) if objs else (None, 0)
 
     @rule(target=enums, name=st.sampled_from(NAMES), labelnames=st.sampled_from([(), ("a",)]),
-          states=st.lists(st.sampled_from(STATES), min_size=0, max_size=4, unique=True))
+          # no states: before 0.26 prometheus_client registers the broken enum, then raises (a bug
+          # fastmetrics does not copy), so that case is compared only with 0.26+
+          states=st.lists(st.sampled_from(STATES), min_size=0 if PC_ENUM_VALIDATES_FIRST else 1, max_size=4,
+                          unique=True))
     def new_enum(self, name, labelnames, states):
         objs = self._each(lambda C, E, reg: E(name, "Enum " + name, labelnames, states=states, registry=reg))
         return (objs, len(labelnames)) if objs else (None, 0)
@@ -122,10 +125,13 @@ class SameExposition(RuleBasedStateMachine):
 
     @rule(metric=st.one_of(counters, enums))
     def clear(self, metric):
-        objs, _ = metric
+        objs, nlabels = metric
         if objs:
-            for o in objs:
-                o.clear()
+            results = [outcome(lambda o=o: o.clear()) for o in objs]
+            if nlabels == 0 and not PC_CLEAR_UNLABELLED_OK:
+                # prometheus_client < 0.26 raises AttributeError here; fastmetrics does nothing, as 0.26 does
+                results = results[1:]
+            assert all(r == ("ok", None) for r in results), results
 
     @rule(metric=st.one_of(counters, enums), values=st.lists(label_value, min_size=0, max_size=3),
           use_kwargs=st.booleans())

@@ -1,7 +1,7 @@
 """prometheus_client-compatible ``Counter`` and ``Enum`` on the sharded core.
 
 Naming, validation, errors, label handling, registration and exposition follow
-``prometheus_client.metrics`` (0.20+) exactly, reusing its own validators, so
+``prometheus_client.metrics`` (0.20 to 0.26) exactly, reusing its own validators, so
 swapping the import changes nothing but speed.  Each metric is a collector
 (``describe()`` / ``collect()``) registered in a ``CollectorRegistry`` like the
 originals; ``collect()`` folds the per-thread shards into the same ``Metric``
@@ -36,6 +36,7 @@ T = TypeVar("T", bound="_MetricWrapper")
 
 disable_created_metrics = _upstream.disable_created_metrics
 enable_created_metrics = _upstream.enable_created_metrics
+
 
 # Guards creating/removing label children and reset (never the hot path).
 # Lock order: this lock, then a core's own lock (slot allocation).
@@ -241,11 +242,15 @@ class _MetricWrapper(_WrapperBase):
         if len(labelvalues) != len(self._labelnames):
             raise ValueError(f"Incorrect label count (expected {len(self._labelnames)}, got {labelvalues})")
         key = tuple(str(value) for value in labelvalues)
+        strict = _upstream.removing_absent_raises()
         with _children_lock:
+            if strict and key not in self._metrics:
+                raise KeyError(key)
             self._child_removed(key)
 
     def remove_by_labels(self, labels: Dict[str, str]) -> None:
-        """Remove all series whose labelset partially matches ``labels``."""
+        """Remove all series whose labelset partially matches ``labels`` (as
+        prometheus_client 0.24+ does; available with any version)."""
         if not self._labelnames:
             raise ValueError(f"No label names were set when constructing {self}")
         if not isinstance(labels, dict):
@@ -263,7 +268,8 @@ class _MetricWrapper(_WrapperBase):
                     self._child_removed(key)
 
     def clear(self) -> None:
-        """Remove all labelsets from the metric."""
+        """Remove all labelsets from the metric (nothing to do without labels,
+        as in prometheus_client 0.26; earlier versions raise AttributeError)."""
         if not self._labelnames:
             return
         with _children_lock:

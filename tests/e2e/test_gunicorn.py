@@ -6,10 +6,14 @@ gunicorn (3 sync workers, on 127.0.0.1) serves a small WSGI app
 ``MultiProcessCollector`` registry.  The mode is on either by
 ``FASTMETRICS_MULTIPROC_DIR`` exported before gunicorn starts (with
 ``--preload``, the master imports the app and creates the metrics before
-forking) or by ``enable(path)`` in ``gunicorn.conf.py``.  Requests come from 8 client threads, so
-several workers serve them.  A worker killed with SIGKILL is replaced by
-gunicorn and its counts stay in every later scrape, exactly; after gunicorn
-stops, this process compacts the directory into the archive alone.
+forking) or by ``enable(path)`` in ``gunicorn.conf.py``.  Requests come from 8 client threads.
+A sync worker that has just answered is first back in ``accept()``, so on a
+busy machine one worker can serve most or all of them; the test then spreads
+more requests, each holding its worker for a while (``/work?hold=``, longer
+each round, bounded in rounds and time), until every worker has served one.
+A worker killed with SIGKILL is replaced by gunicorn and its counts stay in
+every later scrape, exactly; after gunicorn stops, this process compacts the
+directory into the archive alone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -34,6 +39,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "fork"), reaso
 
 APP = Path(__file__).with_name("_gunicorn_app.py")
 CLIENTS = 8
+WORKERS = 3
+SPREAD_ROUNDS = 6  # holds of 0.05, 0.1, ... 1.6 s
+SPREAD_DEADLINE = 60.0  # seconds
 
 
 def require_gunicorn() -> None:
@@ -53,7 +61,7 @@ class Gunicorn(ServerProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         env = package_env(clean_env())
         env["PYTHONPATH"] = os.pathsep.join([str(APP.parent), env["PYTHONPATH"]])
-        argv = [sys.executable, "-m", "gunicorn", "--workers", "3", "--bind", f"127.0.0.1:{self.port}",
+        argv = [sys.executable, "-m", "gunicorn", "--workers", str(WORKERS), "--bind", f"127.0.0.1:{self.port}",
                 "--graceful-timeout", "5", "--chdir", str(workdir)]
         if setup == "env":
             env["FASTMETRICS_MULTIPROC_DIR"] = str(directory)
@@ -71,16 +79,18 @@ class Gunicorn(ServerProcess):
         return body.decode()
 
 
-def work(server: Gunicorn, requests: int) -> Dict[int, int]:
-    """``requests`` GETs of /work from CLIENTS threads; served count per worker pid."""
+def work(server: Gunicorn, requests: int, hold: float = 0.0) -> Dict[int, int]:
+    """``requests`` GETs of /work from CLIENTS threads (each holding its worker
+    ``hold`` seconds); served count per worker pid."""
     served: Dict[int, int] = {}
     errors: List[BaseException] = []
     lock = threading.Lock()
+    path = f"/work?hold={hold:g}" if hold else "/work"
 
     def client(n: int) -> None:
         try:
             for _ in range(n):
-                pid = int(server.get("/work"))
+                pid = int(server.get(path))
                 with lock:
                     served[pid] = served.get(pid, 0) + 1
         except BaseException as e:  # noqa: BLE001 - re-raised below
@@ -95,6 +105,24 @@ def work(server: Gunicorn, requests: int) -> Dict[int, int]:
     assert not errors, errors
     assert sum(served.values()) == requests
     return served
+
+
+def spread(server: Gunicorn, served: Dict[int, int]) -> int:
+    """Rounds of CLIENTS concurrent requests, each holding its worker (0.05 s,
+    doubling each round), until every worker has served one: a busy worker
+    cannot accept, so an idle one must.  Adds to ``served``; returns how many
+    requests it sent.  Fails after SPREAD_ROUNDS rounds or SPREAD_DEADLINE s."""
+    sent, hold = 0, 0.05
+    deadline = time.monotonic() + SPREAD_DEADLINE
+    for _ in range(SPREAD_ROUNDS):
+        if len(served) >= WORKERS or time.monotonic() > deadline:
+            break
+        for pid, n in work(server, CLIENTS, hold).items():
+            served[pid] = served.get(pid, 0) + n
+        sent += CLIENTS
+        hold *= 2
+    assert len(served) >= WORKERS, f"{len(served)} of {WORKERS} workers served after {sent} spread requests: {served}"
+    return sent
 
 
 def samples(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
@@ -133,9 +161,9 @@ def test_gunicorn_workers_count_exactly_through_a_sigkill(tmp_path: Path, setup:
     server = Gunicorn(tmp_path, directory, setup, preload)
     try:
         served = work(server, 300)
-        assert len(served) >= 2, f"one worker served everything: {served}"
+        total = 300 + spread(server, served)   # every worker has served (and so counted) one
         text = server.get("/metrics")
-        assert requests_total(text) == 300
+        assert requests_total(text) == total
         assert "# HELP app_requests_total Requests served by a worker." in text
         phases = phase_pids(text)
         assert {str(pid) for pid in served} <= set(phases)
@@ -145,9 +173,10 @@ def test_gunicorn_workers_count_exactly_through_a_sigkill(tmp_path: Path, setup:
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: not alive(victim) or None, 30, f"worker {victim} to die")
         served_after = work(server, 100)   # gunicorn has replaced the worker meanwhile
+        total += 100
         assert victim not in served_after
         text = server.get("/metrics")
-        assert requests_total(text) == 400
+        assert requests_total(text) == total
         assert str(victim) not in phase_pids(text)
     finally:
         server.stop()
@@ -159,7 +188,7 @@ def test_gunicorn_workers_count_exactly_through_a_sigkill(tmp_path: Path, setup:
     collector = MultiProcessCollector(registry, str(directory))
     text = generate_latest(registry).decode()
     assert collector.skipped == []
-    assert requests_total(text) == 400
+    assert requests_total(text) == total
     assert phase_pids(text) == {}   # no live process left
     assert sorted(p.name for p in directory.iterdir()) == [".lock", "archive.fm"]
 

@@ -70,7 +70,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.rounds is not None:
         settings = dataclasses.replace(settings, rounds=args.rounds)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
-        parser.error("argument --plot: needs matplotlib, which is not installed (pip install 'fastmetrics[plot]')")
+        parser.error("argument --plot: needs matplotlib, which is not installed "
+                     "(pip install 'prometheus-fastmetrics[plot]')")
     pycti_path = args.pycti or find_pycti_handler_file()
     pycti_module = _pycti(parser, pycti_path)
     ops = cli_ops()
