@@ -159,6 +159,9 @@ TestSameExposition.settings = settings(
     max_examples=int(os.environ.get("FASTMETRICS_HYPOTHESIS_EXAMPLES", "150")),
     stateful_step_count=30,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    # filter_too_much: rules that draw from a still-empty bundle (no counter or
+    # enum created yet) are discarded, which is inherent to the machine, not a
+    # weak strategy; on a bad draw it tripped the health check (seen in CI).
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
