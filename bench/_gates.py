@@ -48,17 +48,25 @@ Results: PASS, MISS (the bound does not hold), NOT RUN (a benchmark has no
 data in this run), INCONCLUSIVE (the control shows no free core, or
 unsteady load).  Nothing
 here imports pytest.
+
+:func:`markdown_table` is the gates table of ``docs/benchmarks.md`` (between
+``<!-- gates:table -->`` markers); ``python bench/_gates.py --update-docs
+docs/benchmarks.md`` writes it there, and ``tests/test_bench_gates.py``
+fails while the docs differ from this file.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 import re
 import statistics
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from fastmetrics._cli.bench.docs import MarkerError, update_file
 from fastmetrics._cli.bench.report import format_table as _format_table
 
 if sys.version_info >= (3, 11):
@@ -280,3 +288,42 @@ def format_table(outcomes: Sequence[Outcome]) -> List[str]:
         rows.append((f"{o.gate.numerator} / {o.gate.denominator}", measured, f"{o.gate.op} {o.gate.bound:g}",
                      o.result, _note(o)))
     return _format_table(("gate", "measured", "bound", "result", "why"), rows, "<><<<")
+
+
+# -- the docs' gates table --------------------------------------------------------
+
+#: The block of ``docs/benchmarks.md`` that :func:`markdown_table` fills.
+DOCS_PREFIX, DOCS_BLOCK = "gates", "table"
+DEFAULT_GATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gates.toml")
+
+
+def markdown_table(gates: Sequence[Gate]) -> str:
+    """Every gate as a Markdown table row: ratio, bound, control, why."""
+    rows = []
+    for gate in gates:
+        c = gate.control
+        control = "" if c is None else (f"`{c.numerator} / {c.denominator}`: expect {c.expect:g}, "
+                                        f"INCONCLUSIVE below {c.inconclusive_below:g}")
+        rows.append((f"`{gate.numerator} / {gate.denominator}`", f"{gate.op} {gate.bound:g}", control, gate.why))
+    return "\n".join(_format_table(("ratio", "bound", "control", "why"), rows, "<<<<", markdown=True)) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python bench/_gates.py [--gates FILE] --update-docs DOC.md...``: write
+    :func:`markdown_table` into the ``<!-- gates:table -->`` block of each DOC."""
+    parser = argparse.ArgumentParser(prog="bench/_gates.py", description=main.__doc__)
+    parser.add_argument("--gates", default=DEFAULT_GATES, help="the gates file (default: bench/gates.toml)")
+    parser.add_argument("--update-docs", nargs="+", required=True, metavar="DOC.md")
+    args = parser.parse_args(argv)
+    try:
+        table = markdown_table(load(args.gates))
+        for path in args.update_docs:
+            changed = update_file(path, {DOCS_BLOCK: table}, DOCS_PREFIX)
+            print(f"{'updated' if changed else 'unchanged'} {path}")
+    except (GateFileError, MarkerError, OSError) as exc:
+        parser.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

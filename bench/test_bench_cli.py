@@ -55,3 +55,44 @@ def test_cli_plot(tmp_path: Path) -> None:
         return
     assert proc.returncode == 0, proc.stderr
     assert png.stat().st_size > 0
+
+
+FAKE_PYCTI = '''
+class OpenCTIMetricHandler:
+    """Stands in for pycti's handler file: the constructor and hot path, doing nothing."""
+
+    def __init__(self, connector_logger, activated=False, namespace="", subsystem="", port=9095):
+        self._metrics = {}
+
+    def inc(self, name, n=1):
+        pass
+
+    def state(self, state, name="state"):
+        pass
+'''
+
+
+def test_cli_update_docs_fills_the_blocks_from_the_run(tmp_path: Path) -> None:
+    handler = tmp_path / "opencti_metric_handler.py"
+    handler.write_text(FAKE_PYCTI)
+    readme, results = tmp_path / "README.md", tmp_path / "benchmarks.md"
+    readme.write_text("# top\n<!-- bench:headline -->\nold\n<!-- /bench:headline -->\nmiddle\n"
+                      "<!-- bench:handler -->\n<!-- /bench:handler -->\nend\n")
+    results.write_text("<!-- bench:results -->\nold\n<!-- /bench:results -->\n")
+    proc = _run(["--quick", "--rounds", "1", "--pycti", str(handler), "--update-docs", "README.md", "benchmarks.md"],
+                tmp_path)
+    if proc.returncode == 2 and "Cython core" in proc.stderr:  # FASTMETRICS_NO_EXTENSIONS=1
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-2:] == ["fastmetrics bench: updated README.md",
+                                             "fastmetrics bench: updated benchmarks.md"]
+    top = readme.read_text()
+    assert top.startswith("# top\n<!-- bench:headline -->\n| operation | fastmetrics ns |"), top
+    assert "\n<!-- /bench:headline -->\nmiddle\n<!-- bench:handler -->\n| call | pycti ns |" in top, top
+    assert top.endswith("<!-- /bench:handler -->\nend\n"), top
+    command = (f"python -m fastmetrics bench --quick --rounds 1 --pycti {handler} "
+               "--update-docs README.md benchmarks.md")
+    assert top.count(f"by one run of `{command}`") == 2, top
+    report = results.read_text()
+    assert f"```\n$ {command}\n{proc.stdout}```\n" in report, report  # the report exactly as printed
+    assert "This run drew no chart" in report

@@ -188,3 +188,45 @@ def test_shipped_gates_normalise_every_thread_scaling_gate() -> None:
     scaling = [gate for gate in gates if gate.numerator.endswith(".t1") and gate.denominator.endswith(".t2")]
     assert len(scaling) == 3, scaling  # Enum.state on 2 threads, nogil counter_add, the shared-word contrast
     assert all(gate.control is not None for gate in scaling), scaling
+
+
+# -- the docs' gates table is gates.toml ------------------------------------------------
+
+
+def test_docs_gates_table_is_every_gate_of_gates_toml() -> None:
+    docs_path = ROOT / "docs" / "benchmarks.md"
+    if not docs_path.exists():
+        pytest.skip("docs/ is not in the sdist")
+    from fastmetrics._cli.bench.docs import block_content
+
+    g = _gates_module()
+    gates = g.load(str(ROOT / "bench" / "gates.toml"))
+    expected = g.markdown_table(gates)
+    shown = block_content(docs_path.read_text(encoding="utf-8"), g.DOCS_BLOCK, g.DOCS_PREFIX, str(docs_path))
+    assert shown == expected, ("docs/benchmarks.md's gates table differs from bench/gates.toml; regenerate it: "
+                               "python bench/_gates.py --update-docs docs/benchmarks.md")
+    assert len(shown.splitlines()) == 2 + len(gates)
+    for gate in gates:
+        assert f"| `{gate.numerator} / {gate.denominator}` | {gate.op} {gate.bound:g} |" in shown, gate
+        assert gate.why and gate.why in shown, gate
+
+
+def test_gates_update_docs_writes_the_table_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    g = _gates_module()
+    gates = tmp_path / "gates.toml"
+    gates.write_text(SCALES + '[[gate]]\ncheck = "a.x / b.x <= 1.5"\nwhy = "a | b"\n')
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- gates:table -->\nstale\n<!-- /gates:table -->\nafter\n")
+    assert g.main(["--gates", str(gates), "--update-docs", str(doc)]) == 0
+    first = doc.read_text()
+    assert first == ("before\n<!-- gates:table -->\n| ratio | bound | control | why |\n|---|---|---|---|\n"
+                     "| `fm.t1 / fm.t2` | >= 1.4 | `ctl.t1 / ctl.t2`: expect 2, INCONCLUSIVE below 1.3 | scales |\n"
+                     "| `a.x / b.x` | <= 1.5 |  | a \\| b |\n<!-- /gates:table -->\nafter\n")
+    assert g.main(["--gates", str(gates), "--update-docs", str(doc)]) == 0
+    assert doc.read_text() == first
+    assert capsys.readouterr().out.splitlines() == [f"updated {doc}", f"unchanged {doc}"]
+    doc.write_text("<!-- gates:table -->\n")
+    with pytest.raises(SystemExit) as info:
+        g.main(["--gates", str(gates), "--update-docs", str(doc)])
+    assert info.value.code == 2
+    assert "has no end marker <!-- /gates:table -->" in capsys.readouterr().err

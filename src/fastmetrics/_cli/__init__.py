@@ -10,6 +10,7 @@ line, with argparse's usage and ``<prog>: error: ...`` on stderr, where
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Dict, Optional, Sequence, Tuple
 
 from .. import __version__, implementation
@@ -36,6 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:  # reported by the subcommand's parser, with its usage
             commands[args.command].error("unrecognized arguments: " + " ".join(extra))
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, as run (bench's provenance)
         return int(args.run(args))
     except SystemExit as exc:  # argparse: --help, --version, a usage error
         return 0 if exc.code is None else int(exc.code)

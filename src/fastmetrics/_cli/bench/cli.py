@@ -7,8 +7,13 @@ Contract:
 * pycti's handler is ``--pycti FILE`` or the installed ``pycti``'s
   ``connector/opencti_metric_handler.py``, loaded from that file alone;
   without it the pycti column says so.
+* ``--update-docs FILE...`` also rewrites the ``<!-- bench:NAME -->`` blocks
+  of those Markdown files from this run (:mod:`.docs`), all or none.  The
+  files are checked before anything is measured, and the run must have the
+  Cython core and pycti's handler, the peers the docs compare with.
 * Exit status: 0 after printing; 2 for bad arguments, ``--plot`` without
-  matplotlib or a pycti file that does not load (argparse's usage and
+  matplotlib, a pycti file that does not load, or ``--update-docs`` files
+  whose markers are wrong or which the run cannot fill (argparse's usage and
   ``fastmetrics bench: error: ...``); 130 when interrupted (Ctrl-C).
 """
 
@@ -17,22 +22,41 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.metadata
 import importlib.util
 import json
+import os
+import shlex
 import sys
+import time
+from datetime import datetime, timezone
 from types import ModuleType
-from typing import Optional
+from typing import Any, Dict, List, Optional, Sequence
 
+from ... import __version__, implementation
 from .._args import number
 from . import PROG
+from .docs import BENCH_BLOCKS, BENCH_PREFIX, MarkerError, MissingCase, Run, check_file, render, update_file
 from .ops import cli_ops
 from .report import document, environment, plot, summarize, text, thread_scaling
 from .run import DEFAULT, QUICK, run_cases
-from .subjects import PYCTI_NOT_INSTALLED, Subjects, find_pycti_handler_file, load_pycti_handler_module
+from .subjects import (
+    FM_C,
+    PYCTI_NOT_INSTALLED,
+    Subjects,
+    Unavailable,
+    find_pycti_handler_file,
+    load_pycti_handler_module,
+    pycti_version,
+)
 
 DESCRIPTION = ("A quick interleaved benchmark, no pytest needed: ns per call of fastmetrics' Cython core and "
                "pure-Python twin next to the floor (a no-op Python method with the same signature), "
                "prometheus_client and pycti's real OpenCTIMetricHandler, with the ratios between them.")
+
+#: The ``--plot`` error without matplotlib (docs/benchmarks.md quotes it).
+PLOT_NEEDS_MATPLOTLIB = ("argument --plot: needs matplotlib, which is not installed "
+                         "(pip install 'prometheus-fastmetrics[plot]')")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -48,6 +72,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--pycti", metavar="FILE",
                         help="pycti's connector/opencti_metric_handler.py (default: the installed pycti's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-round shuffle (default: %(default)s)")
+    parser.add_argument("--update-docs", nargs="+", metavar="FILE.md",
+                        help="also rewrite the <!-- bench:NAME --> ... <!-- /bench:NAME --> blocks of these "
+                             f"Markdown files (NAME: {', '.join(BENCH_BLOCKS)}) with this run's tables and "
+                             "how it was made; needs the Cython core and pycti's handler")
     parser.set_defaults(run=functools.partial(run, parser))
     return parser
 
@@ -63,6 +91,45 @@ def _pycti(parser: argparse.ArgumentParser, path: Optional[str]) -> Optional[Mod
         parser.error(f"cannot load pycti's handler from {path}: {exc}")
 
 
+def _check_docs(parser: argparse.ArgumentParser, paths: Sequence[str], subjects: Subjects,
+                pycti_path: Optional[str]) -> None:
+    """Before measuring: every ``--update-docs`` file has valid bench blocks,
+    and the run will have what they compare (``parser.error`` otherwise)."""
+    for path in paths:
+        try:
+            check_file(path)
+        except (MarkerError, OSError) as exc:
+            parser.error(f"argument --update-docs: {exc}")
+    if subjects.pycti_module is None:
+        parser.error(f"argument --update-docs: the docs compare with pycti's handler, which is not loaded "
+                     f"({pycti_path or PYCTI_NOT_INSTALLED}; --pycti FILE: pycti's "
+                     "connector/opencti_metric_handler.py)")
+    try:
+        subjects.core(FM_C)
+    except Unavailable as exc:
+        parser.error(f"argument --update-docs: the docs show the Cython core, which this run cannot measure: "
+                     f"{exc}")
+
+
+def _load_average() -> Optional[float]:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """How this run was started, as a shell command (``python -m fastmetrics ...``)."""
+    return shlex.join(["python", "-m", "fastmetrics", *argv])
+
+
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Run the benchmark for ``args`` parsed by ``parser`` (which reports the
     errors found after parsing); see the module docstring."""
@@ -70,25 +137,49 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.rounds is not None:
         settings = dataclasses.replace(settings, rounds=args.rounds)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
-        parser.error("argument --plot: needs matplotlib, which is not installed "
-                     "(pip install 'prometheus-fastmetrics[plot]')")
+        parser.error(PLOT_NEEDS_MATPLOTLIB)
     pycti_path = args.pycti or find_pycti_handler_file()
     pycti_module = _pycti(parser, pycti_path)
+    subjects = Subjects(pycti_module=pycti_module)
+    docs: List[str] = args.update_docs or []
+    if docs:
+        _check_docs(parser, docs, subjects, pycti_path)
     ops = cli_ops()
+    started: Dict[str, Any] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_1min": _load_average(),
+    }
+    t0 = time.monotonic()
     try:
-        cases, missing = run_cases(ops, Subjects(pycti_module=pycti_module), settings, sys.stderr, seed=args.seed)
+        cases, missing = run_cases(ops, subjects, settings, sys.stderr, seed=args.seed)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     rows = summarize(cases, ops)
     scaling = thread_scaling(cases)
     env = environment(settings.rounds, pycti_path or PYCTI_NOT_INSTALLED)
+    env.update(started, wall_time_s=time.monotonic() - t0, fastmetrics=__version__, implementation=implementation,
+               prometheus_client=_version("prometheus_client"),
+               pycti_version=pycti_version(pycti_path) if pycti_module is not None and pycti_path else None)
+    report = text(env, rows, scaling, missing, pycti_module is not None)
     if args.json:
         json.dump(document(env, rows, scaling, missing), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(text(env, rows, scaling, missing, pycti_module is not None))
+        sys.stdout.write(report)
     if args.plot:
-        plot(rows, args.plot, f"{PROG} ({env['python_implementation']} {env['python']}, median ns/op)")
+        plot(rows, args.plot, f"{PROG}: {env['python_implementation']} {env['python']}, {env['cpus']} CPUs, "
+                              f"{env['date']}\nmedian ns/op of {env['rounds']} interleaved rounds")
         print(f"{PROG}: wrote {args.plot}", file=sys.stderr)
+    if docs:
+        the_run = Run(rows, scaling, report, command_line(getattr(args, "argv", sys.argv[1:])), env, args.plot)
+        try:
+            blocks = render(the_run)
+            for path in docs:  # every file checked again before the first is written
+                check_file(path)
+            changed = [path for path in docs if update_file(path, blocks, BENCH_PREFIX)]
+        except (MissingCase, MarkerError, OSError) as exc:
+            parser.error(f"argument --update-docs: {exc}")
+        for path in docs:
+            print(f"{PROG}: {'updated' if path in changed else 'unchanged'} {path}", file=sys.stderr)
     return 0

@@ -5,8 +5,11 @@ Contract:
 * ns/op of a case is the median over its rounds; every ratio is the ratio of
   two such medians (``x floor`` = ours / the floor's, ``x faster`` = the
   peer's / ours), so the ratio columns agree with the ns/op column shown.
-* :func:`format_table` is the one plain-text table formatter of the project
-  (the CLI table here, and the gate and summary tables of ``bench/``).
+* :func:`format_table` is the one table formatter of the project: plain text
+  (the CLI table here, and the gate and summary tables of ``bench/``) and
+  Markdown (the generated blocks of the docs, :mod:`.docs`, and the gates
+  table of ``docs/benchmarks.md``).  :func:`fmt_ns` and :func:`fmt_x` format
+  every number the CLI prints, so the docs show the same digits.
 """
 
 from __future__ import annotations
@@ -27,17 +30,28 @@ FOOTER = ("ns/op: median over the rounds; x floor: that median over the no-op me
           "thread rows: wall time / total ops.")
 
 
-def format_table(header: Sequence[str], rows: Iterable[Optional[Sequence[str]]], align: str = "") -> List[str]:
-    """Lines of a plain-text table: ``header``, a rule of dashes under each
-    column, then one line per row (``None``: a blank line).
+def format_table(header: Sequence[str], rows: Iterable[Optional[Sequence[str]]], align: str = "",
+                 markdown: bool = False) -> List[str]:
+    """Lines of a table: ``header``, a rule under it, then one line per row.
 
     ``align[i]`` is ``"<"`` (left) or ``">"`` (right) for column ``i``; by
     default the first column is left-aligned and the others right-aligned.
-    Cells are padded to their column's widest cell and joined by two spaces;
-    trailing spaces are stripped.  Every row has ``len(header)`` cells.
+    Every row has ``len(header)`` cells.
+
+    Plain text (the default): a rule of dashes under each column, cells padded
+    to their column's widest cell and joined by two spaces, trailing spaces
+    stripped; a ``None`` row is a blank line.  ``markdown=True``: a GitHub
+    Markdown table (``| a | b |``, the rule ``|---|---:|`` carrying the
+    alignment), cells unpadded, ``|`` in a cell escaped, ``None`` rows left out.
     """
     body = [None if row is None else tuple(row) for row in rows]
     align = align or "<" + ">" * (len(header) - 1)
+    if markdown:
+        def cells(row: Sequence[str]) -> str:
+            return "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+
+        rule_md = "|" + "|".join("---:" if side == ">" else "---" for side in align) + "|"
+        return [cells(header), rule_md] + [cells(row) for row in body if row is not None]
     widths = [max([len(header[i])] + [len(row[i]) for row in body if row is not None]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -103,6 +117,11 @@ def fmt_x(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def fmt_ns(value: float) -> str:
+    """A time in ns as shown: one decimal, thousands separated (``67,220.9``)."""
+    return f"{value:,.1f}"
+
+
 def table(rows: Sequence[Mapping[str, Any]], pycti_available: bool) -> List[str]:
     """The CLI table of :func:`summarize`'s rows, a blank line between operations.
 
@@ -126,7 +145,7 @@ def table(rows: Sequence[Mapping[str, Any]], pycti_available: bool) -> List[str]
         lines.append((
             row["title"],
             row["impl"],
-            f"{row['ns_per_op']:.1f}",
+            fmt_ns(row["ns_per_op"]),
             fmt_x(row["x_floor"]),
             fmt_x(row["x_faster_than_prometheus_client"]) if ours else "-",
             pycti,

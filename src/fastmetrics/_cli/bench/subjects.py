@@ -20,8 +20,10 @@ Contract:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -131,6 +133,28 @@ def find_pycti_handler_file() -> Optional[str]:
         path = os.path.join(base, *PYCTI_HANDLER_PATH)
         if os.path.isfile(path):
             return path
+    return None
+
+
+def pycti_version(path: str) -> Optional[str]:
+    """pycti's version for its handler file at ``path``, best effort (None if unknown).
+
+    From the distribution metadata next to an installed ``pycti`` package
+    (``<site-packages>/pycti/connector/opencti_metric_handler.py``), or from
+    a file named ``pycti-<version>-opencti_metric_handler.py`` (the ``bench/``
+    suite's download cache).
+    """
+    match = re.fullmatch(r"pycti-(?P<version>[^-]+)-opencti_metric_handler\.py", os.path.basename(path))
+    if match:
+        return match["version"]
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    if parts[-3:] != ["pycti", *PYCTI_HANDLER_PATH]:
+        return None
+    site = os.sep.join(parts[:-3]) or os.sep
+    for dist in importlib.metadata.distributions(path=[site]):
+        name = dist.metadata["Name"] or ""
+        if name.lower() == "pycti":
+            return str(dist.version)
     return None
 
 
