@@ -631,3 +631,23 @@ def test_install_with_broken_pycti_does_not_claim_it_is_missing(monkeypatch: pyt
         opencti.install()
     assert "not installed" not in str(excinfo.value)
     assert opencti._originals == {}
+
+
+def test_dispatcher_refuses_foreign_metrics_and_installs_nothing(impl, registry):
+    # A map with a foreign value raises TypeError and installs nothing, so a
+    # corrected retry works (both implementations check before installing).
+    from fastmetrics import _core
+
+    d = impl.dispatch.Dispatcher()
+    assert impl.dispatch is _core.dispatch_for(impl.core)
+    good = impl.Counter("dispatched", "D.", registry=registry)
+    with pytest.raises(TypeError, match="counters must be fastmetrics counters"):
+        d._set_dispatch({"ok": good, "bad": object()}, {})
+    with pytest.raises(TypeError, match="enums must be fastmetrics enums"):
+        d._set_dispatch({"ok": good}, {"state": object()})
+    d._set_dispatch({"ok": good}, {})
+    d.activated = True
+    d.inc("ok", 3)
+    assert good._value.get() == 3
+    with pytest.raises(RuntimeError, match="already installed"):
+        d._set_dispatch({"ok": good}, {})

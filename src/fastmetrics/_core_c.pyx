@@ -383,7 +383,7 @@ def stats():
 # Multiprocess arena (_arena.h): the chunk provider of multiprocess mode, driven
 # by fastmetrics.multiprocess through fastmetrics._core.arena.  It lives in this
 # extension because it shares the shard store's C state.
-import os
+from os import strerror as _strerror
 
 from cpython.ref cimport Py_DECREF, Py_INCREF
 
@@ -420,7 +420,7 @@ cdef int _raise_arena_error() except -1:
     cdef int err = fm_arena_errno
     if err:
         raise OSError(err, f"fastmetrics: cannot reserve space in the multiprocess file "
-                           f"({os.strerror(err)}); what was counted stays valid", _arena_path)
+                           f"({_strerror(err)}); what was counted stays valid", _arena_path)
     raise MemoryError(f"fastmetrics: the multiprocess file {_arena_path} is full or detached "
                       f"(set FASTMETRICS_MULTIPROC_CAPACITY higher)")
 

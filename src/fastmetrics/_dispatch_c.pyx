@@ -75,11 +75,14 @@ cdef class Dispatcher:
         if self._counter_map is not None:
             raise RuntimeError("dispatch maps are already installed")
         cdef Py_ssize_t i = 0
-        self._counter_map = dict(counters)
-        self._enum_map = dict(enums)
+        counter_map, enum_map = dict(counters), dict(enums)
+        # Check everything before installing anything (as the twin does).
+        if not all(isinstance(c, CounterCore) for c in counter_map.values()):
+            raise TypeError("counters must be fastmetrics counters")
+        if not all(isinstance(e, EnumCore) for e in enum_map.values()):
+            raise TypeError("enums must be fastmetrics enums")
+        self._counter_map, self._enum_map = counter_map, enum_map
         for name, counter in self._counter_map.items():
-            if not isinstance(counter, CounterCore):
-                raise TypeError("counters must be fastmetrics counters")
             if i < 8:
                 self._counter_names[i] = <PyObject *>name
                 self._counters[i] = <PyObject *>counter
@@ -87,8 +90,6 @@ cdef class Dispatcher:
         self._ncounters = i
         i = 0
         for name, enum in self._enum_map.items():
-            if not isinstance(enum, EnumCore):
-                raise TypeError("enums must be fastmetrics enums")
             if i < 8:
                 self._enum_names[i] = <PyObject *>name
                 self._enums[i] = <PyObject *>enum
