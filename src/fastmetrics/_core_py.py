@@ -74,7 +74,9 @@ class _Lease:
     def __init__(self, shard: _Shard) -> None:
         self.shard = shard
         self.busy = False
-        self.pending: List[Tuple[int, float]] = []
+        # (counter, amount): the slot is read when the increment is applied,
+        # inside the shard's seq bracket, so a concurrent reset waits for it
+        self.pending: List[Tuple[CounterCore, float]] = []
         self.token = object()
         shard.owner = self.token
 
@@ -331,6 +333,17 @@ else:
     _CounterBase = MetricCore
 
 
+def _bracketed_add(shard: _Shard, counter: CounterCore, amount: float) -> None:
+    """Add to ``counter``'s current slot inside ``shard``'s seq bracket (odd
+    while it runs): the slot is read inside it, so a reset's :func:`_quiesce`
+    waits for this store or makes it read the new slot."""
+    shard.seq += 1
+    try:
+        _store_add(shard, counter._slot, amount)
+    finally:
+        shard.seq += 1
+
+
 class CounterCore(_CounterBase):
     """A counter value: one slot, summed over every thread's shard on read."""
 
@@ -355,23 +368,21 @@ class CounterCore(_CounterBase):
         a = _amount(amount)
         lease = _lease()
         if lease.busy:  # a signal handler interrupted an increment on this thread
-            lease.pending.append((self._slot, a))
+            lease.pending.append((self, a))
             return
         pending = lease.pending
         shard = lease.shard
         lease.busy = True
-        shard.seq += 1   # odd: a reset's _quiesce waits for this store
         try:
-            _store_add(shard, self._slot, a)
+            _bracketed_add(shard, self, a)
         finally:
-            shard.seq += 1
             lease.busy = False
         while pending:  # increments made by handlers while we were busy
             lease.busy = True
             try:
                 while pending:
-                    s, x = pending.pop()
-                    _store_add(lease.shard, s, x)
+                    counter, x = pending.pop()
+                    _bracketed_add(shard, counter, x)
             finally:
                 lease.busy = False
 
