@@ -8,9 +8,13 @@ from ._core import implementation
 from ._version import __version__
 from .metrics import Counter, Enum, disable_created_metrics, enable_created_metrics, shard_stats
 from .multiprocess import _enable_from_environment
+from .multiprocess._prometheus import enable_from_environment as _enable_prometheus_from_environment
 from .opencti import OpenCTIMetricHandler
 
-_enable_from_environment()  # FASTMETRICS_MULTIPROC_DIR: before any metric exists
+# Before any metric exists: PROMETHEUS_MULTIPROC_DIR (prometheus_client's files;
+# refuses to run with the other variable set), then FASTMETRICS_MULTIPROC_DIR.
+_enable_prometheus_from_environment()
+_enable_from_environment()
 
 __all__ = [
     "Counter",

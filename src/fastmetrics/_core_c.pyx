@@ -35,6 +35,22 @@ cdef extern from "_shards.h":
     Py_ssize_t fm_exchange_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
 
 
+# prometheus_client-compatible mode (PROMETHEUS_MULTIPROC_DIR): counters go
+# to _promfile.h's store instead of the shards; fm_counter_add is the one
+# branch on the add path (driven by fastmetrics.multiprocess._prometheus).
+cdef extern from "_promfile.h":
+    int fm_pf_on
+    int fm_pf_errno
+    int fm_pf_enable(const char *dir)
+    int fm_pf_set_key(Py_ssize_t slot, const char *data, size_t length)
+    int fm_pf_touch(Py_ssize_t slot) nogil
+    int fm_counter_add(const Py_ssize_t *slot_ref, double amount) nogil
+    void fm_pf_quiesce() nogil
+    double fm_pf_fold(Py_ssize_t slot) nogil
+    void fm_pf_zero(Py_ssize_t slot) nogil
+    Py_ssize_t fm_pf_files() nogil
+
+
 cdef extern from "_pydict.h":
     object fm_dict_get(object d, object key)
 
@@ -191,6 +207,8 @@ fm_install_labels(MetricCore, _labels_impl)
 
 cdef int _raise_no_chunk() except -1:
     """The error of an increment whose thread could not get a chunk (cold path)."""
+    if fm_pf_on:
+        _raise_pf_error()
     if fm_provider_active != NULL:
         _raise_arena_error()
     raise MemoryError("fastmetrics: cannot allocate a counter chunk")
@@ -209,6 +227,10 @@ cdef class CounterCore(MetricCore):
     def __dealloc__(self):
         # No thread can be inside inc() on a dead object: both slots it owns
         # can be zeroed and recycled.  Lock-free (safe inside any collection).
+        # In the prometheus_client-compatible mode a slot's file entries
+        # outlive the object (as upstream's do): never recycled.
+        if fm_pf_on:
+            return
         if self._slot >= 0:
             fm_slot_free(self._slot)
         if self._spare >= 0:
@@ -225,7 +247,7 @@ cdef class CounterCore(MetricCore):
         if fm_load_ssize(&self._slot) < 0:   # a parent: upstream's error comes first
             raise ValueError(f"{self._type} metric is missing label values")
         a = _amount(amount)   # may run Python code, so fm_add reads the slot again
-        rc = fm_add(&self._slot, a)
+        rc = fm_counter_add(&self._slot, a)
         if rc == 0:
             return 0
         if rc == -2:
@@ -247,7 +269,7 @@ cdef class CounterCore(MetricCore):
         cdef Py_ssize_t slot = fm_load_ssize(&self._slot)
         if slot < 0:
             return 0.0
-        return fm_fold(slot)
+        return fm_pf_fold(slot) if fm_pf_on else fm_fold(slot)
 
     def _spare_slot(self):
         """The zeroed slot the next ``_reset_value`` swaps in (allocated on the
@@ -268,8 +290,12 @@ cdef class CounterCore(MetricCore):
             return
         old = fm_exchange_ssize(&self._slot, self._spare)
         with nogil:
-            fm_quiesce()
-            fm_slot_zero(old)
+            if fm_pf_on:
+                fm_pf_quiesce()
+                fm_pf_zero(old)
+            else:
+                fm_quiesce()
+                fm_slot_zero(old)
         self._spare = old
 
 
@@ -353,7 +379,7 @@ cdef class EnumCore(MetricCore):
 cdef int counter_add(CounterCore counter, double amount) noexcept nogil:
     if counter is None or not (amount >= 0.0):
         return -1
-    return -1 if fm_add(&counter._slot, amount) < 0 else 0
+    return -1 if fm_counter_add(&counter._slot, amount) < 0 else 0
 
 
 cdef int enum_set(EnumCore enum, Py_ssize_t index) noexcept nogil:
@@ -466,3 +492,54 @@ def _mp_record(unsigned int kind, long long arg, const unsigned char[::1] payloa
     cdef const unsigned char *data = &payload[0] if payload.shape[0] else NULL
     if fm_arena_record(kind, arg, data, payload.shape[0]) < 0:
         _raise_arena_error()
+
+
+# prometheus_client-compatible mode (_promfile.h), driven by
+# fastmetrics.multiprocess._prometheus; the twin is fastmetrics._promfile_py.
+cdef object _pf_directory = None
+
+
+cdef int _raise_pf_error() except -1:
+    """Why a counter's entry could not be written to its thread's
+    prometheus_client file: ``OSError`` with the errno and the directory, or
+    ``MemoryError``."""
+    cdef int err = fm_pf_errno
+    if err:
+        raise OSError(err, f"fastmetrics: cannot write a prometheus_client multiprocess file in "
+                           f"PROMETHEUS_MULTIPROC_DIR ({_strerror(err)})", _pf_directory)
+    raise MemoryError("fastmetrics: cannot allocate a prometheus_client multiprocess entry")
+
+
+def pf_enable(directory):
+    """Write counters to prometheus_client's files in ``directory`` from now
+    on.  Before any metric exists (``RuntimeError`` otherwise)."""
+    global _pf_directory
+    cdef bytes path = directory.encode("utf-8", "surrogateescape") if isinstance(directory, str) else directory
+    if fm_pf_enable(path) < 0:
+        if fm_pf_errno:
+            raise OSError(fm_pf_errno, _strerror(fm_pf_errno), directory)
+        raise RuntimeError("fastmetrics: PROMETHEUS_MULTIPROC_DIR must be set before any metric is created "
+                           "(and not together with fastmetrics' own multiprocess mode)")
+    _pf_directory = directory
+
+
+def pf_enabled():
+    return bool(fm_pf_on)
+
+
+def pf_set_key(Py_ssize_t slot, const unsigned char[::1] key):
+    """Record ``slot``'s series key (prometheus_client's ``mmap_key``, utf-8)."""
+    if fm_pf_set_key(slot, <const char *>&key[0] if key.shape[0] else NULL, key.shape[0]) < 0:
+        raise MemoryError("fastmetrics: cannot record a series key")
+
+
+def pf_touch(Py_ssize_t slot):
+    """Write ``slot``'s entry (value 0) to the calling thread's file, as
+    prometheus_client does when a value is created."""
+    if fm_pf_touch(slot) < 0:
+        _raise_pf_error()
+
+
+def pf_files():
+    """How many files this process has written (tests)."""
+    return fm_pf_files()

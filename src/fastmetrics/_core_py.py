@@ -29,7 +29,7 @@ import time
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, cast
 
-from . import _fork
+from . import _fork, _promfile_py
 from ._upcalls import CounterUpcalls, MetricUpcalls
 
 implementation = "python"
@@ -133,6 +133,43 @@ def set_provider(provider: ChunkProvider, stamp_bits: int) -> None:
         _stamp_bits, _provider = stamp_bits, provider
 
 
+# The prometheus_client-compatible mode (PROMETHEUS_MULTIPROC_DIR), the twin
+# of _core_c's pf_* functions: counters go to _promfile_py's per-thread files
+# instead of the shards (set once, before any slot exists).
+_promfile_on = False
+
+
+def pf_enable(directory: str) -> None:
+    """Write counters to prometheus_client's files in ``directory`` from now
+    on.  ``RuntimeError`` once a metric exists."""
+    global _promfile_on
+    with _slot_lock:
+        if _slots_issued or _provider is not None or _promfile_on:
+            raise RuntimeError("fastmetrics: PROMETHEUS_MULTIPROC_DIR must be set before any metric is created "
+                               "(and not together with fastmetrics' own multiprocess mode)")
+        _promfile_py.enable(directory)
+        _promfile_on = True
+
+
+def pf_enabled() -> bool:
+    return _promfile_on
+
+
+def pf_set_key(slot: int, key: bytes) -> None:
+    """Record ``slot``'s series key (prometheus_client's ``mmap_key``, utf-8)."""
+    _promfile_py.set_key(slot, key)
+
+
+def pf_touch(slot: int) -> None:
+    """Write ``slot``'s entry (value 0) to the calling thread's file."""
+    _promfile_py.touch(slot)
+
+
+def pf_files() -> int:
+    """How many files this process has written (tests)."""
+    return _promfile_py.file_count()
+
+
 def words_rehome() -> None:
     """Hand every enum words chunk (all on the heap: none exist yet, or a
     fork child copied them there) to the provider."""
@@ -172,6 +209,9 @@ def _chunk_for(shard: _Shard, c: int) -> Chunk:
 
 
 def _store_add(shard: _Shard, slot: int, amount: float) -> None:
+    if _promfile_on:   # prometheus_client-compatible mode: the one branch of the add path
+        _promfile_py.store_add(slot, amount)
+        return
     c = slot >> CHUNK_BITS
     chunks = shard.chunks
     chunk = chunks[c] if c < len(chunks) else None
@@ -181,6 +221,8 @@ def _store_add(shard: _Shard, slot: int, amount: float) -> None:
 
 
 def _fold(slot: int) -> float:
+    if _promfile_on:
+        return _promfile_py.fold(slot)
     total = 0.0
     c, off = slot >> CHUNK_BITS, slot & _CHUNK_MASK
     for shard in _all_shards:
@@ -235,6 +277,8 @@ def _quiesce() -> None:
 
 def _slot_zero(slot: int) -> None:
     """Zero ``slot`` in every shard and its enum word (no writer may touch it)."""
+    if _promfile_on:
+        _promfile_py.zero(slot)
     c, off = slot >> CHUNK_BITS, slot & _CHUNK_MASK
     for shard in _all_shards:
         chunks = shard.chunks
@@ -248,8 +292,10 @@ def _slot_zero(slot: int) -> None:
 
 def _slot_free(slot: int) -> None:
     """Zero ``slot`` everywhere and recycle it; never with a provider (the
-    counts outlive the object, e.g. in cross-process totals).  Takes no lock."""
-    if _provider is not None:
+    counts outlive the object, e.g. in cross-process totals; nor in the
+    prometheus_client-compatible mode, whose file entries outlive it as
+    upstream's do).  Takes no lock."""
+    if _provider is not None or _promfile_on:
         return
     _slot_zero(slot)
     _free_slots.append(slot)

@@ -14,6 +14,7 @@ rank  participant                         held across fork
 10    fastmetrics.metrics                 the children lock
 20    fastmetrics.multiprocess (writer)   the metadata recorder's lock
 30    fastmetrics._core_py (the twin)     the store's slot lock (+ arena's)
+40    fastmetrics._promfile_py            its file-name lock
 ====  ==================================  ===================================
 
 The C core needs no entry: its mutexes are taken by C ``pthread_atfork``
@@ -29,7 +30,7 @@ from typing import Callable, List, NamedTuple
 
 __all__ = ["Participant", "register"]
 
-METRICS, RECORDER, TWIN_STORE = 10, 20, 30
+METRICS, RECORDER, TWIN_STORE, PROMFILE = 10, 20, 30, 40
 
 
 class Participant(NamedTuple):

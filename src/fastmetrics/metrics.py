@@ -14,8 +14,10 @@ across ``fork()`` so a child process never inherits it locked).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import warnings
 from types import ModuleType
 from typing import (TYPE_CHECKING, Any, Dict, Iterable, NamedTuple, Optional, Protocol, Sequence, Tuple, Type,
                     TypeVar, Union, cast)
@@ -237,6 +239,7 @@ class _MetricWrapper(_WrapperBase):
 
     def remove(self, *labelvalues: Any) -> None:
         """Remove the given labelset from the metric."""
+        _warn_multiprocess_removal()
         if not self._labelnames:
             raise ValueError(f"No label names were set when constructing {self}")
         if len(labelvalues) != len(self._labelnames):
@@ -251,6 +254,7 @@ class _MetricWrapper(_WrapperBase):
     def remove_by_labels(self, labels: Dict[str, str]) -> None:
         """Remove all series whose labelset partially matches ``labels`` (as
         prometheus_client 0.24+ does; available with any version)."""
+        _warn_multiprocess_removal()
         if not self._labelnames:
             raise ValueError(f"No label names were set when constructing {self}")
         if not isinstance(labels, dict):
@@ -272,6 +276,9 @@ class _MetricWrapper(_WrapperBase):
         as in prometheus_client 0.26; earlier versions raise AttributeError)."""
         if not self._labelnames:
             return
+        if _upstream_multiprocess():
+            warnings.warn("Clearing labels has not been implemented in multi-process mode yet", UserWarning,
+                          stacklevel=2)
         with _children_lock:
             self._children_cleared()
 
@@ -292,6 +299,18 @@ class _MetricWrapper(_WrapperBase):
 
     def _child_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
         raise NotImplementedError
+
+
+def _upstream_multiprocess() -> bool:
+    """Whether prometheus_client's multiprocess variable is set (its test, in
+    remove/clear, which warn that the series stay in the files)."""
+    return "prometheus_multiproc_dir" in os.environ or "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
+def _warn_multiprocess_removal() -> None:
+    if _upstream_multiprocess():   # upstream's words (sic: two spaces)
+        warnings.warn("Removal of labels has not been implemented in  multi-process mode yet.", UserWarning,
+                      stacklevel=3)
 
 
 class _CounterValueView:

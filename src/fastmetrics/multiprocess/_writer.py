@@ -223,6 +223,10 @@ def enable(path: Optional[str] = None, *, capacity: Optional[int] = None) -> str
     missing (Windows).  Returns the absolute directory.  Thread-safe.
     """
     global _recorder
+    from . import _prometheus
+    if _prometheus.directory() is not None:
+        raise RuntimeError(f"{_prometheus.ENV_PROMETHEUS} is set: this process already writes prometheus_client's "
+                           "multiprocess files; use one multiprocess mode")
     if not HAVE_FLOCK or not hasattr(os, "register_at_fork"):
         raise NotImplementedError("fastmetrics multiprocess mode needs POSIX (fcntl.flock, os.register_at_fork)")
     path = os.path.abspath(directory_from(path))
