@@ -72,7 +72,8 @@ def clean_env(**extra: str) -> Dict[str, str]:
     that select an implementation or turn multiprocess mode on (so the child
     runs the default implementation in the usual single-process mode), plus
     ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in (NO_EXTENSIONS, ENV_DIR, ENV_CAPACITY)}
+    env = {k: v for k, v in os.environ.items()
+           if k not in (NO_EXTENSIONS, ENV_DIR, ENV_CAPACITY, "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")}
     env.update(extra)
     return env
 
