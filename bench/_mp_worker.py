@@ -8,7 +8,8 @@ gives the worker (``FASTMETRICS_MULTIPROC_DIR`` / ``PROMETHEUS_MULTIPROC_DIR``
 set before the import); this script only checks it got what it asked for.
 
 ``loop``: ``CANDIDATE`` is ``floor``, ``fastmetrics_c`` or ``prometheus_client``
-and ``MODE`` ``mp`` or ``local``.  It builds the same compiled, unrolled
+and ``MODE`` ``mp``, ``local`` or (fastmetrics only) ``pmp``: the
+prometheus_client-compatible mode (``PROMETHEUS_MULTIPROC_DIR`` set).  It builds the same compiled, unrolled
 ``c.inc()`` loop as the in-process bench (``fastmetrics._cli.bench.timing``),
 prints ``ready UNROLL``, then for every line ``N`` runs ``N * UNROLL``
 increments and answers ``ok``.  It exits when stdin closes.
@@ -37,8 +38,12 @@ def _loop(candidate: str, mode: str) -> None:
     elif candidate == "fastmetrics_c":
         if fastmetrics.implementation != "cython":
             sys.exit("the fastmetrics_c candidate needs the Cython extension")
+        from fastmetrics.multiprocess import _prometheus
+
         if (multiprocess.directory() is not None) != (mode == "mp"):
             sys.exit(f"fastmetrics multiprocess directory {multiprocess.directory()!r} in mode {mode}")
+        if (_prometheus.directory() is not None) != (mode == "pmp"):
+            sys.exit(f"fastmetrics prometheus_client-compatible directory {_prometheus.directory()!r} in mode {mode}")
         counter = fastmetrics.Counter("bench_mp_ops", "Bench.")
     elif candidate == "prometheus_client":
         from prometheus_client import Counter, values

@@ -7,7 +7,9 @@ batch over a pipe (the pipe round trip, ~0.1 ms, is under 1% of a thread-sized
 batch, and the same for every candidate).  Keys: ``<candidate>.worker.inc`` for
 a worker in the usual single-process mode, ``<candidate>.mp.inc`` for one in
 multiprocess mode (``FASTMETRICS_MULTIPROC_DIR`` / ``PROMETHEUS_MULTIPROC_DIR``
-set before the import, as in production).  ``floor.worker.inc`` is the no-op
+set before the import, as in production), ``fastmetrics_c.pmp.inc`` for
+fastmetrics in the prometheus_client-compatible mode (``PROMETHEUS_MULTIPROC_DIR``
+set: it writes prometheus_client's files).  ``floor.worker.inc`` is the no-op
 method call, in a worker too.
 
 **scrape.** ``bench/_mp_worker.py populate`` leaves F files of exited processes
@@ -48,12 +50,12 @@ METRICS_PER_FILE = 10
 MODE_ENV = {"fastmetrics_c": "FASTMETRICS_MULTIPROC_DIR", "prometheus_client": "PROMETHEUS_MULTIPROC_DIR"}
 
 
-def _env(candidate: str, directory: Optional[Path]) -> Dict[str, str]:
+def _env(candidate: str, directory: Optional[Path], mode: str = "mp") -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("FASTMETRICS_MULTIPROC_DIR", "FASTMETRICS_MULTIPROC_CAPACITY",
                         "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "FASTMETRICS_NO_EXTENSIONS")}
     if directory is not None:
-        env[MODE_ENV[candidate]] = str(directory)
+        env["PROMETHEUS_MULTIPROC_DIR" if mode == "pmp" else MODE_ENV[candidate]] = str(directory)
     return env
 
 
@@ -67,7 +69,7 @@ class LoopWorker:
 
     def __init__(self, candidate: str, mode: str, directory: Optional[Path]) -> None:
         self.proc = subprocess.Popen([sys.executable, str(WORKER), "loop", candidate, mode],
-                                     env=_env(candidate, directory), stdin=subprocess.PIPE,
+                                     env=_env(candidate, directory, mode), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         self.unroll = int(self._reply("ready"))
 
@@ -119,7 +121,7 @@ def loop_workers() -> Iterator[Dict[Tuple[str, str], LoopWorker]]:
         worker.close()
 
 
-INC_CASES = [("floor", "worker"), ("fastmetrics_c", "worker"), ("fastmetrics_c", "mp"),
+INC_CASES = [("floor", "worker"), ("fastmetrics_c", "worker"), ("fastmetrics_c", "mp"), ("fastmetrics_c", "pmp"),
              ("prometheus_client", "worker"), ("prometheus_client", "mp")]
 
 
@@ -129,8 +131,8 @@ def test_mp_inc(measure: Measure, loop_workers: Dict[Tuple[str, str], LoopWorker
     _need_extension(candidate)
     worker = loop_workers.get((candidate, mode))
     if worker is None:
-        directory = tmp_path_factory.mktemp(f"inc-{candidate}") if mode == "mp" else None
-        worker = loop_workers[(candidate, mode)] = LoopWorker(candidate, "mp" if mode == "mp" else "local",
+        directory = tmp_path_factory.mktemp(f"inc-{candidate}-{mode}") if mode != "worker" else None
+        worker = loop_workers[(candidate, mode)] = LoopWorker(candidate, "local" if mode == "worker" else mode,
                                                               directory)
     measure(RemoteLoop(worker), candidate, f"{mode}.inc", threads=True)
 
