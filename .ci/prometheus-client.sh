@@ -7,9 +7,13 @@
 # For each, WHEEL[test] and that prometheus_client go into a fresh venv
 # (.venv-prometheus-client-<which>), then the API suite and the byte-identical
 # exposition tests run against it: tests/test_api.py, tests/test_statemachine.py
-# (a model-based test against prometheus_client itself), tests/test_opencti.py;
-# each core case on the extension and on the twin, then again with
-# FASTMETRICS_NO_EXTENSIONS=1 (the twin selected at import).
+# (a model-based test against prometheus_client itself), tests/test_opencti.py,
+# and the prometheus_client-compatible multiprocess mode's differential tests
+# against that version's own MultiProcessCollector
+# (tests/multiprocess/test_prometheus_compat.py, and under gunicorn
+# tests/e2e/test_gunicorn_prometheus.py); each core case on the extension and
+# on the twin, then again with FASTMETRICS_NO_EXTENSIONS=1 (the twin selected
+# at import).
 # Used by .ci/run and by the prometheus-client job of .github/workflows/ci.yml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +27,8 @@ which_ones=("$@")
 
 minimum=$(sed -n 's/.*"prometheus_client>=\([0-9.]*\)[,"].*/\1/p' pyproject.toml)
 [[ -n $minimum ]] || { echo "no prometheus_client>=X in pyproject.toml" >&2; exit 1; }
-files=(tests/test_api.py tests/test_statemachine.py tests/test_opencti.py)
+files=(tests/test_api.py tests/test_statemachine.py tests/test_opencti.py
+       tests/multiprocess/test_prometheus_compat.py tests/e2e/test_gunicorn_prometheus.py)
 
 for which in "${which_ones[@]}"; do
   case $which in
