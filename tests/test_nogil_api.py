@@ -307,3 +307,42 @@ def test_enum_set_while_scraped(ds: Any, registry: CollectorRegistry) -> None:
         reader.join()
     assert not bad, bad[:5]
     assert _state(registry, "flip") == ["d"]  # both threads end on (2_000_000 - 1) % 4 == 3
+
+
+# ---------------------------------------------------------------------------
+# counter_add in the prometheus_client-compatible multiprocess mode
+# ---------------------------------------------------------------------------
+
+
+def test_counter_add_writes_prometheus_client_files(ds: Any, tmp_path: Any) -> None:
+    """``counter_add`` takes the same add path as ``inc()``: with
+    ``PROMETHEUS_MULTIPROC_DIR`` set its counts (4 threads, without the GIL)
+    are in prometheus_client's files, exactly, for its own collector."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from _support import load
+
+    code = textwrap.dedent("""
+        import threading
+        import fm_downstream as ds
+        from fastmetrics import Counter
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        c = Counter("nogil", "Nogil increments.")
+        failed = []
+        ts = [threading.Thread(target=lambda: failed.append(ds.hammer(c, 1_000_000, 1.0))) for _ in range(4)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        print(failed, registry.get_sample_value("nogil_total"), c._value.get())
+        """)
+    env = load("c").env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(ds.__file__), *sys.path])
+    proc = subprocess.run([sys.executable, "-c", load("c").prologue + code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[0,", "0,", "0,", "0]", "4000000.0", "4000000.0"]
