@@ -317,7 +317,8 @@ def test_enum_set_while_scraped(ds: Any, registry: CollectorRegistry) -> None:
 def test_counter_add_writes_prometheus_client_files(ds: Any, tmp_path: Any) -> None:
     """``counter_add`` takes the same add path as ``inc()``: with
     ``PROMETHEUS_MULTIPROC_DIR`` set its counts (4 threads, without the GIL)
-    are in prometheus_client's files, exactly, for its own collector."""
+    are in prometheus_client's files, exactly, for its own collector; and
+    ``enum_set`` writes the enum's gauges."""
     import os
     import subprocess
     import sys
@@ -328,7 +329,7 @@ def test_counter_add_writes_prometheus_client_files(ds: Any, tmp_path: Any) -> N
     code = textwrap.dedent("""
         import threading
         import fm_downstream as ds
-        from fastmetrics import Counter
+        from fastmetrics import Counter, Enum
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
         c = Counter("nogil", "Nogil increments.")
@@ -339,10 +340,13 @@ def test_counter_add_writes_prometheus_client_files(ds: Any, tmp_path: Any) -> N
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         print(failed, registry.get_sample_value("nogil_total"), c._value.get())
+        e = Enum("phase", "Phase.", states=["a", "b"])
+        ds.set_state(e, 1)   # enum_set: the files are written too (under the GIL, in this mode)
+        print(registry.get_sample_value("phase", {"phase": "a"}), registry.get_sample_value("phase", {"phase": "b"}))
         """)
     env = load("c").env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(ds.__file__), *sys.path])
     proc = subprocess.run([sys.executable, "-c", load("c").prologue + code], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["[0,", "0,", "0,", "0]", "4000000.0", "4000000.0"]
+    assert proc.stdout.split() == ["[0,", "0,", "0,", "0]", "4000000.0", "4000000.0", "0.0", "1.0"]

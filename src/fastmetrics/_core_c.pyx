@@ -351,6 +351,8 @@ cdef class EnumCore(MetricCore):
         for i in range(n if n < 8 else 8):   # interned literals: a pointer compare
             if self._state_ptrs[i] == <PyObject *>state:
                 fm_word_set(self._slot, i)
+                if fm_pf_on:
+                    _pf_enum_hook(self._slot, i)
                 return 0
         if PyUnicode_CheckExact(state):
             index = fm_dict_get(self._state_index, state)
@@ -362,6 +364,8 @@ cdef class EnumCore(MetricCore):
         if index is None:
             index = self._states_list.index(state)   # ValueError, worded as upstream
         fm_word_set(self._slot, PyLong_AsSsize_t(index))
+        if fm_pf_on:
+            _pf_enum_hook(self._slot, index)
         return 0
 
     def state(self, state):
@@ -386,6 +390,17 @@ cdef int enum_set(EnumCore enum, Py_ssize_t index) noexcept nogil:
     if enum is None or index < 0 or index >= enum._nstates:
         return -1
     fm_word_set(enum._slot, index)
+    if fm_pf_on:   # prometheus_client-compatible mode: the files are written from Python
+        return _pf_enum_set_nogil(enum._slot, index)
+    return 0
+
+
+cdef int _pf_enum_set_nogil(Py_ssize_t slot, Py_ssize_t index) noexcept nogil:
+    with gil:
+        try:
+            _pf_enum_hook(slot, index)
+        except BaseException:   # noexcept: the error is reported as -1
+            return -1
     return 0
 
 
@@ -525,6 +540,20 @@ def pf_enable(directory):
 
 def pf_enabled():
     return bool(fm_pf_on)
+
+
+def _pf_no_enum_hook(slot, index):
+    raise RuntimeError("fastmetrics: no enum writer for the prometheus_client-compatible mode")
+
+
+cdef object _pf_enum_hook = _pf_no_enum_hook
+
+
+def pf_set_enum_hook(hook):
+    """``hook(slot, index)`` runs after every enum state store (``state()``,
+    the dispatcher, ``enum_set``) in this mode: it writes the files."""
+    global _pf_enum_hook
+    _pf_enum_hook = hook
 
 
 def pf_set_key(Py_ssize_t slot, const unsigned char[::1] key):

@@ -27,7 +27,7 @@ import contextlib
 import threading
 import time
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, cast
 
 from . import _fork, _promfile_py
 from ._upcalls import CounterUpcalls, MetricUpcalls
@@ -153,6 +153,20 @@ def pf_enable(directory: str) -> None:
 
 def pf_enabled() -> bool:
     return _promfile_on
+
+
+def _pf_no_enum_hook(slot: int, index: int) -> None:
+    raise RuntimeError("fastmetrics: no enum writer for the prometheus_client-compatible mode")
+
+
+_pf_enum_hook: Callable[[int, int], None] = _pf_no_enum_hook
+
+
+def pf_set_enum_hook(hook: Callable[[int, int], None]) -> None:
+    """``hook(slot, index)`` runs after every enum state store in this mode:
+    it writes the files."""
+    global _pf_enum_hook
+    _pf_enum_hook = hook
 
 
 def pf_set_key(slot: int, key: bytes) -> None:
@@ -504,6 +518,10 @@ class EnumCore(MetricCore):
             index = self._states_list.index(state)
         slot = self._slot
         bits = _stamp_bits
+        if _promfile_on:   # prometheus_client-compatible mode: the files too
+            _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] = index
+            _pf_enum_hook(slot, index)
+            return
         if bits:
             index |= (time.time_ns() // 1_000_000) << bits
         _words[slot >> CHUNK_BITS][slot & _CHUNK_MASK] = index

@@ -309,3 +309,28 @@ def test_enabling_fastmetrics_own_mode_too_is_refused(impl: Impl, tmp_path: Path
         """ % str(tmp_path / "own"), tmp_path)
     assert out.startswith("PROMETHEUS_MULTIPROC_DIR is set")
     assert not (tmp_path / "own").exists()
+
+
+def test_opencti_handler_counts_and_states_reach_the_files(impl: Impl, tmp_path: Path) -> None:
+    """The handler's dispatcher stores through the core directly (no Python
+    ``state()`` call): its counters and its enum still reach the files."""
+    from _support import free_port
+
+    out = run(impl, """
+        import logging
+        from fastmetrics import OpenCTIMetricHandler
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+        handler = OpenCTIMetricHandler(logging.getLogger("t"), True, port=%d, addr="127.0.0.1")
+        handler.inc("bundle_send")
+        handler.inc("bundle_send", 2)
+        handler.state("running")
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        print(generate_latest(registry).decode())
+        """ % free_port(), tmp_path)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(out) for s in f.samples}
+    assert samples[("bundles_sent_total", ())] == 3.0
+    assert samples[("state", (("state", "running"),))] == 1.0
+    assert samples[("state", (("state", "idle"),))] == 0.0

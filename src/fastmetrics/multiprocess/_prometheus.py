@@ -17,7 +17,9 @@ only its import line.
   ``gauge_mostrecent`` entry per state (1 for the current state, 0 for the
   others, one wall-clock stamp), so the collector serves a gauge per state
   holding the most recently set state over every process, exited ones
-  included (:class:`fastmetrics._promfile_py.EnumSeries`).
+  included (:class:`fastmetrics._promfile_py.EnumSeries`).  The core calls
+  :meth:`_PromRecorder.enum_state` after every state store (``state()``, the
+  OpenCTI dispatcher, the nogil ``enum_set``, which takes the GIL for it).
 - **Errors** (at import, naming the variable): both this variable and
   ``FASTMETRICS_MULTIPROC_DIR`` set (``RuntimeError``); the variable empty or
   not a writable directory (``ValueError``); Windows
@@ -26,6 +28,7 @@ only its import line.
 
 The :class:`_PromRecorder` is :mod:`fastmetrics.metrics`'s ``Recorder``: it
 gives each counter slot its series key and writes each enum's entries.
+Windows is refused: the C store is POSIX (``_promfile.h``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Dict, Iterable, Optional, Protocol
 
 from prometheus_client.mmap_dict import mmap_key
 
@@ -52,6 +55,7 @@ class _PromCore(Protocol):
     def pf_enable(self, directory: str) -> None: ...
     def pf_set_key(self, slot: int, key: bytes) -> None: ...
     def pf_touch(self, slot: int) -> None: ...
+    def pf_set_enum_hook(self, hook: Callable[[int, int], None]) -> None: ...
 
 
 class _Declared(Protocol):
@@ -69,6 +73,8 @@ class _PromRecorder:
 
     def __init__(self, core: _PromCore) -> None:
         self.core = core
+        self.enums: Dict[int, _promfile_py.EnumSeries] = {}   # enum slot -> its gauges
+        core.pf_set_enum_hook(self.enum_state)
 
     @staticmethod
     def check_strings(what: str, strings: Iterable[Any]) -> None:
@@ -91,24 +97,18 @@ class _PromRecorder:
         self.core.pf_touch(slot)
 
     def enum_slot(self, metric: Any, slot: int) -> None:
-        """Write ``metric``'s states as gauges, and from now on on every
-        ``state()``: the instance's ``state`` wraps the core's."""
+        """``slot`` is ``metric``'s state word: write its states as gauges
+        (state 0, stamped older than any ``state()``)."""
         name = metric._name
         labelnames = [*metric._labelnames, name]
         keys = [mmap_key(name, name, labelnames, [*metric._labelvalues, str(s)], metric._documentation).encode("utf-8")
                 for s in metric._states]
-        series = _promfile_py.EnumSeries(keys)
-        metric.__dict__["state"] = _enum_state(type(metric).state, metric, series)
+        self.enums[slot] = _promfile_py.EnumSeries(keys)   # a recycled enum slot: the new enum's
 
-
-def _enum_state(core_state: Callable[[Any, Any], None], metric: Any,
-                series: _promfile_py.EnumSeries) -> Callable[[Any], None]:
-    def state(state: Any) -> None:
-        """Set the current state (``ValueError`` for an unknown one), in this
-        process and in prometheus_client's files."""
-        core_state(metric, state)
-        series.write(metric._get_index())
-    return state
+    def enum_state(self, slot: int, index: int) -> None:
+        """The core's hook after every enum state store (``state()``, the
+        OpenCTI dispatcher, the nogil ``enum_set``): write the gauges."""
+        self.enums[slot].write(index)
 
 
 _enabled: Optional[str] = None
