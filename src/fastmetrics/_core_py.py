@@ -27,7 +27,8 @@ import contextlib
 import threading
 import time
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, cast
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple,
+                    TypeVar, cast)
 
 from . import _fork, _promfile_py
 from ._upcalls import CounterUpcalls, MetricUpcalls

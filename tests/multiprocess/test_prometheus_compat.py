@@ -191,7 +191,7 @@ def test_threads_count_exactly_and_scrapes_never_go_back(impl: Impl, tmp_path: P
     assert scrapes >= 1
     names = sorted(p.name for p in tmp_path.iterdir())
     assert len(names) == files
-    assert all(n.startswith(f"counter_") and n.endswith(".db") for n in names), names
+    assert all(n.startswith("counter_") and n.endswith(".db") for n in names), names
 
 
 def test_files_are_per_thread_pooled_and_never_reuse_a_dead_process_file(impl: Impl, tmp_path: Path) -> None:
@@ -301,12 +301,13 @@ def test_an_unusable_setting_fails_at_import_naming_the_variable(impl: Impl, tmp
 
 def test_enabling_fastmetrics_own_mode_too_is_refused(impl: Impl, tmp_path: Path) -> None:
     out = run(impl, """
+        import os
         import fastmetrics.multiprocess
         try:
-            fastmetrics.multiprocess.enable(%r)
+            fastmetrics.multiprocess.enable(os.environ["OWN_DIR"])
         except RuntimeError as e:
             print(e)
-        """ % str(tmp_path / "own"), tmp_path)
+        """, tmp_path, OWN_DIR=str(tmp_path / "own"))
     assert out.startswith("PROMETHEUS_MULTIPROC_DIR is set")
     assert not (tmp_path / "own").exists()
 
@@ -317,18 +318,18 @@ def test_opencti_handler_counts_and_states_reach_the_files(impl: Impl, tmp_path:
     from _support import free_port
 
     out = run(impl, """
-        import logging
+        import logging, os
         from fastmetrics import OpenCTIMetricHandler
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
-        handler = OpenCTIMetricHandler(logging.getLogger("t"), True, port=%d, addr="127.0.0.1")
+        handler = OpenCTIMetricHandler(logging.getLogger("t"), True, port=int(os.environ["PORT"]), addr="127.0.0.1")
         handler.inc("bundle_send")
         handler.inc("bundle_send", 2)
         handler.state("running")
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         print(generate_latest(registry).decode())
-        """ % free_port(), tmp_path)
+        """, tmp_path, PORT=str(free_port()))
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(out) for s in f.samples}
     assert samples[("bundles_sent_total", ())] == 3.0

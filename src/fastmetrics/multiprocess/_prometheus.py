@@ -36,12 +36,15 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Protocol
 
 from prometheus_client.mmap_dict import mmap_key
 
 from .. import _promfile_py
 from ._directory import ENV_DIR
+
+if TYPE_CHECKING:
+    from ..metrics import _MetricWrapper
 
 __all__ = ["ENV_PROMETHEUS", "LEGACY_ENV_PROMETHEUS", "directory", "enable_from_environment"]
 
@@ -56,13 +59,6 @@ class _PromCore(Protocol):
     def pf_set_key(self, slot: int, key: bytes) -> None: ...
     def pf_touch(self, slot: int) -> None: ...
     def pf_set_enum_hook(self, hook: Callable[[int, int], None]) -> None: ...
-
-
-class _Declared(Protocol):
-    _name: str
-    _documentation: str
-    _labelnames: Iterable[str]
-    _labelvalues: Iterable[str]
 
 
 class _PromRecorder:
@@ -88,7 +84,7 @@ class _PromRecorder:
     def check_states(states: Iterable[Any]) -> None:
         """Nothing to refuse: any number of states, any string."""
 
-    def counter_slot(self, metric: _Declared, slot: int) -> None:
+    def counter_slot(self, metric: _MetricWrapper, slot: int) -> None:
         """``slot`` holds ``metric``'s value (or is the spare ``reset()``
         swaps in): the key prometheus_client's ``MultiProcessValue`` writes."""
         key = mmap_key(metric._name, metric._name + "_total", list(metric._labelnames), list(metric._labelvalues),
