@@ -7,7 +7,8 @@
 #         PYTHONMALLOC=malloc, so Python objects are ASan heap blocks too.
 #         Any ASan/UBSan report, in pytest or in a subprocess it starts,
 #         fails the step: reports go to files that are printed at the end.
-#   tsan  tests/c/run_tsan.sh: the shard store driven from many threads in C,
+#   tsan  tests/c/run_tsan.sh: the shard store (and the prometheus_client-compatible
+#         store, _promfile.h) driven from many threads in C,
 #         under ThreadSanitizer, then a plain -O2 build of the same harness.
 #
 #   bash .ci/sanitizers.sh            # both
