@@ -233,9 +233,13 @@ static int fm_pf_reserve(fm_pf_file *f, size_t end) {
     if (end <= f->reserved) return 0;
     want = (end + FM_PF_RESERVE_STEP - 1) & ~(size_t)(FM_PF_RESERVE_STEP - 1);
     if (want > f->cap) want = f->cap;
+#if defined(__APPLE__)
+    rc = 0;   /* no posix_fallocate on macOS: pages come on demand */
+#else
     do {
         rc = posix_fallocate(f->fd, (off_t)f->reserved, (off_t)(want - f->reserved));
     } while (rc == EINTR);
+#endif
     if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {   /* no fallocate there: pages come on demand */
         fm_pf_errno = rc;
         return -1;

@@ -34,6 +34,8 @@ operations that are atomic in CPython, with or without the GIL.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import os
 import struct
@@ -64,16 +66,35 @@ def entry_bytes(key: bytes, value: float = 0.0, timestamp: float = 0.0) -> bytes
     return _int32.pack(len(key)) + padded + _two_doubles.pack(value, timestamp)
 
 
+RESERVE_STEP = 64 * 1024   # bytes reserved per posix_fallocate
+
+
 class _File:
-    """One mapped file, written by its owner thread only."""
+    """One mapped file, written by its owner thread only.  Pages are
+    reserved (``posix_fallocate``, where there is one) before an entry is
+    written, so a full file system is an ``OSError`` here, never a SIGBUS."""
 
-    __slots__ = ("bytes", "doubles", "mm", "used")
+    __slots__ = ("bytes", "doubles", "fd", "mm", "reserved", "used")
 
-    def __init__(self, mm: mmap.mmap) -> None:
+    def __init__(self, mm: mmap.mmap, fd: int) -> None:
         self.mm = mm
+        self.fd = fd
         self.bytes = memoryview(mm)
         self.doubles = self.bytes.cast("d")
         self.used = HEADER
+        self.reserved = 0
+
+    def reserve(self, end: int) -> None:
+        if end <= self.reserved:
+            return
+        want = min(-(-end // RESERVE_STEP) * RESERVE_STEP, len(self.mm))
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(self.fd, self.reserved, want - self.reserved)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):   # no fallocate there: pages on demand
+                    raise
+        self.reserved = want
 
     def append(self, key: bytes, timestamp: float) -> Optional[int]:
         """Append ``key``'s entry (value 0) and publish it; the index of its
@@ -82,6 +103,7 @@ class _File:
         pos = self.used
         if pos + len(entry) > len(self.mm):
             return None
+        self.reserve(pos + len(entry))
         self.bytes[pos:pos + len(entry)] = entry
         self.used = pos + len(entry)
         self.bytes[0:4] = _int32.pack(self.used)   # the entry is complete before `used` covers it
@@ -109,14 +131,8 @@ def _open(prefix: str, need: int) -> _File:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             os.ftruncate(fd, size)
-            if hasattr(os, "posix_fallocate"):
-                try:
-                    os.posix_fallocate(fd, 0, min(size, 64 * 1024))
-                except OSError as e:
-                    if e.errno not in (95, 22):   # EOPNOTSUPP, EINVAL: pages come on demand
-                        raise
-            mm = mmap.mmap(fd, size)
-            file = _File(mm)
+            file = _File(mmap.mmap(fd, size), fd)   # fd stays open: pages are reserved through it
+            file.reserve(HEADER)
             file.bytes[0:4] = _int32.pack(HEADER)
             while True:
                 path = os.path.join(directory, f"{prefix}_{pid}_{_next_file}.db")
@@ -127,8 +143,10 @@ def _open(prefix: str, need: int) -> _File:
                 except FileExistsError:   # a dead process's file with our pid: never reused
                     continue
             return file
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        finally:
             os.unlink(tmp)
 
 
@@ -147,12 +165,16 @@ class _Thread:
         """Cold path: append ``key``'s entry to this thread's newest ``prefix``
         file (a new file when it is full) and remember its word."""
         files = self.files.setdefault(prefix, [])
-        index = files[-1].append(key, timestamp) if files else None
-        if index is None:
-            files.append(_open(prefix, HEADER + len(entry_bytes(key))))
-            index = files[-1].append(key, timestamp)
-            if index is None:   # pragma: no cover - _open sized it for this entry
-                raise MemoryError("fastmetrics: cannot fit a series key in a new file")
+        try:
+            index = files[-1].append(key, timestamp) if files else None
+            if index is None:
+                files.append(_open(prefix, HEADER + len(entry_bytes(key))))
+                index = files[-1].append(key, timestamp)
+        except OSError as e:   # as the C store words it: the errno, and the directory
+            raise OSError(e.errno, "fastmetrics: cannot write a prometheus_client multiprocess file in "
+                                   f"PROMETHEUS_MULTIPROC_DIR ({e.strerror})", _directory) from e
+        if index is None:   # pragma: no cover - _open sized it for this entry
+            raise MemoryError("fastmetrics: cannot fit a series key in a new file")
         word = (files[-1], index)
         self.words[ident] = word
         return word
@@ -314,6 +336,11 @@ def _after_fork_child() -> None:
     if lease is not None:
         lease.thread.owner = None   # its __del__ must not pool the parent's files
         del _local.lease
+    for thread in _all:   # the parent's files: never written here (their mappings stay: views exist)
+        for files in thread.files.values():
+            for file in files:
+                with contextlib.suppress(OSError):
+                    os.close(file.fd)
     _all, _free, _next_file = [], [], 0
     _name_lock.release()
 

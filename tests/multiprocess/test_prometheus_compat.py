@@ -23,17 +23,18 @@ highest supported prometheus_client.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _support import Impl
+from _support import Impl, skip_or_fail
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -335,3 +336,56 @@ def test_opencti_handler_counts_and_states_reach_the_files(impl: Impl, tmp_path:
     assert samples[("bundles_sent_total", ())] == 3.0
     assert samples[("state", (("state", "running"),))] == 1.0
     assert samples[("state", (("state", "idle"),))] == 0.0
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (root only): a file system that fills up."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs mount: Linux")
+def test_a_full_file_system_is_an_error_at_creation_not_sigbus(impl: Impl, small_tmpfs: Path) -> None:
+    """Pages are reserved before an entry is written: on a full file system a
+    new child fails with ENOSPC naming the directory (and is not created);
+    what was counted stays in the scrape, and existing values keep counting."""
+    out = run(impl, """
+        import json
+        from fastmetrics import Counter
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        kept = Counter("kept", "Kept.")
+        kept.inc(3)
+        wide = Counter("wide", "Wide.", ["k"])
+        made, error = 0, None
+        try:
+            for i in range(100_000):
+                wide.labels(str(i) + "v" * 2000).inc()
+                made += 1
+        except OSError as e:
+            error = {"errno": e.errno, "text": str(e)}
+        kept.inc(4)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        samples = [(s.name, s.value) for m in registry.collect() for s in m.samples]
+        print(json.dumps({"made": made, "error": error, "children": len(wide._metrics),
+                          "kept": [v for n, v in samples if n == "kept_total"],
+                          "wide": sum(v for n, v in samples if n == "wide_total")}))
+        """, small_tmpfs)
+    report = json.loads(out)
+    assert report["error"] is not None, report
+    assert report["error"]["errno"] == 28, report   # ENOSPC
+    assert str(small_tmpfs) in report["error"]["text"]
+    assert report["made"] > 10
+    assert report["children"] == report["made"]     # the failed child was not created
+    assert report["kept"] == [7.0]
+    assert report["wide"] == report["made"]
