@@ -158,7 +158,7 @@ class _Thread:
 
     def __init__(self) -> None:
         self.files: Dict[str, List[_File]] = {}
-        self.words: Dict[object, Word] = {}   # slot (counters) or (enum id, state) -> word
+        self.words: Dict[object, Word] = {}   # slot (counters) or (EnumSeries, state) -> word
         self.owner: Optional[object] = None
 
     def word(self, ident: object, prefix: str, key: bytes, timestamp: float = 0.0) -> Word:
@@ -298,12 +298,10 @@ class EnumSeries:
     any real write, so a declared enum shows its first state until some
     process sets one).  Thread-safe: each thread writes only its own entries."""
 
-    __slots__ = ("ident", "keys")
-    _ids = iter(range(1 << 62))
+    __slots__ = ("keys",)
 
     def __init__(self, keys: Sequence[bytes]) -> None:
         self.keys = tuple(keys)
-        self.ident = next(EnumSeries._ids)
         self.write(0, CREATED_STAMP)
 
     def write(self, index: int, timestamp: Optional[float] = None) -> None:
@@ -311,7 +309,7 @@ class EnumSeries:
         thread = _thread()
         words = thread.words
         for i, key in enumerate(self.keys):
-            ident = (self.ident, i)
+            ident = (self, i)   # identity-hashed: no shared id counter
             word = words.get(ident)
             if word is None:
                 word = thread.word(ident, GAUGE_MOSTRECENT, key, stamp)

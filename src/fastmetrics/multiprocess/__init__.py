@@ -24,6 +24,11 @@ flocks and the liveness probe), ``_reader`` (one file), ``_fold`` (the fold
 shared by scrape and compaction), ``_directory`` (a directory's entries and
 the scrape's read), ``_compact``, ``_collector`` (exposition), ``_writer``
 (this process's file, the metadata recorder, :func:`enable`).
+
+``_prometheus`` is the other multiprocess mode, turned on by
+``PROMETHEUS_MULTIPROC_DIR``: metrics written to prometheus_client's own
+files for its ``MultiProcessCollector`` (the store is ``_promfile.h`` /
+``fastmetrics._promfile_py``).  Setting both variables is an error.
 """
 
 from ._collector import MultiProcessCollector
