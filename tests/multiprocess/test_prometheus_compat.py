@@ -34,7 +34,7 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _support import Impl, skip_or_fail
+from _support import Impl, package_env, skip_or_fail
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -45,7 +45,7 @@ SCENARIO = HERE / "_prom_scenario.py"
 def run(impl: Impl, code: str, directory: Path, **env: str) -> str:
     """Run ``code`` (after the implementation check) in a child with
     ``PROMETHEUS_MULTIPROC_DIR=directory``; its stdout."""
-    child_env = impl.env(PROMETHEUS_MULTIPROC_DIR=str(directory), **env)
+    child_env = package_env(impl.env(PROMETHEUS_MULTIPROC_DIR=str(directory), **env))
     proc = subprocess.run([sys.executable, "-c", impl.prologue + textwrap.dedent(code)], env=child_env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,7 +63,7 @@ def canonical(text: str) -> List[Tuple[str, str, str, List[Tuple[str, Tuple[Tupl
 
 
 def scenario(lib: str, impl: Impl, directory: Path) -> Tuple[str, List[str], Dict[str, float]]:
-    env = impl.env(PROMETHEUS_MULTIPROC_DIR=str(directory), FM_SCENARIO_LIB=lib)
+    env = package_env(impl.env(PROMETHEUS_MULTIPROC_DIR=str(directory), FM_SCENARIO_LIB=lib))
     proc = subprocess.run([sys.executable, str(SCENARIO)], env=env, capture_output=True, text=True, timeout=300,
                           cwd=str(HERE))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -291,7 +291,7 @@ def test_reset_zeroes_this_process_only_and_keeps_two_entries(impl: Impl, tmp_pa
 def test_an_unusable_setting_fails_at_import_naming_the_variable(impl: Impl, tmp_path: Path, env: Dict[str, str],
                                                                  error: str) -> None:
     (tmp_path / "file").write_text("")
-    child_env = impl.env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    child_env = package_env(impl.env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path)))
     child_env.update({k: v.format(dir=tmp_path) for k, v in env.items()})
     proc = subprocess.run([sys.executable, "-c", "import fastmetrics"], env=child_env, capture_output=True,
                           text=True, timeout=120)
