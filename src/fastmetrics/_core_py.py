@@ -307,10 +307,8 @@ def _slot_zero(slot: int) -> None:
 
 def _slot_free(slot: int) -> None:
     """Zero ``slot`` everywhere and recycle it; never with a provider (the
-    counts outlive the object, e.g. in cross-process totals; nor in the
-    prometheus_client-compatible mode, whose file entries outlive it as
-    upstream's do).  Takes no lock."""
-    if _provider is not None or _promfile_on:
+    counts outlive the object, e.g. in cross-process totals).  Takes no lock."""
+    if _provider is not None:
         return
     _slot_zero(slot)
     _free_slots.append(slot)
@@ -412,6 +410,8 @@ class CounterCore(_CounterBase):
     _spare = -1
 
     def __del__(self) -> None:
+        if _promfile_on:   # its file entries outlive it (as upstream's): slots never recycled
+            return
         if self._slot >= 0:
             _slot_free(self._slot)
             self._slot = -1
