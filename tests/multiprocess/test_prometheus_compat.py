@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -389,3 +390,40 @@ def test_a_full_file_system_is_an_error_at_creation_not_sigbus(impl: Impl, small
     assert report["children"] == report["made"]     # the failed child was not created
     assert report["kept"] == [7.0]
     assert report["wide"] == report["made"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_increment_from_a_signal_handler_that_interrupts_inc(impl: Impl, tmp_path: Path) -> None:
+    """A signal handler incrementing the counter that the interrupted ``inc()``
+    is writing loses nothing (prometheus_client's multiprocess value
+    deadlocks here on its lock); the files hold every count, including the
+    handler's first touches of a new series."""
+    out = run(impl, """
+        import signal, time
+        from fastmetrics import Counter
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        c = Counter("sig", "Signals.", ["k"])
+        main, extra = c.labels("main"), c.labels("handler")
+        handled = [0]
+
+        def handler(signum, frame):
+            main.inc()
+            extra.inc(2)
+            handled[0] += 1
+
+        signal.signal(signal.SIGALRM, handler)
+        loops, deadline = 0, time.monotonic() + 10
+        signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+        while (handled[0] < 200 or loops < 100_000) and time.monotonic() < deadline:
+            main.inc()
+            loops += 1
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        got = {s.labels["k"]: s.value for m in registry.collect() for s in m.samples}
+        assert handled[0] > 0
+        assert got == {"main": loops + handled[0], "handler": 2 * handled[0]}, (got, loops, handled)
+        print("ok")
+        """, tmp_path)
+    assert out.strip() == "ok"
