@@ -116,29 +116,56 @@ class _Parked:
             thread.join()
 
 
-def _worker(mode: str, threads: int, series: int, rounds: int) -> Dict[str, Any]:
-    import fastmetrics
-    from fastmetrics import _core
-    from prometheus_client import CollectorRegistry, generate_latest
+class _State:
+    """A worker's metrics, parked threads and measurements."""
 
-    if fastmetrics.implementation != "cython":
-        raise SystemExit("fastmetrics bench scaling: needs the Cython core")
-    threading.stack_size(256 * 1024)   # the same for both libraries; 1,024 threads fit anywhere
+    def __init__(self, libraries: List[str], threads: int, series: int) -> None:
+        import fastmetrics
+        from fastmetrics import _core
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if fastmetrics.implementation != "cython":
+            raise SystemExit("fastmetrics bench scaling: needs the Cython core")
+        threading.stack_size(256 * 1024)   # the same for both libraries; 1,024 threads fit anywhere
+        self.registries = {lib: CollectorRegistry() for lib in libraries}
+        lists = [_children(lib, self.registries[lib], series) for lib in libraries]
+        gc.collect()
+        before = rss_kib()
+        self.parked = _Parked(lists, threads)
+        gc.collect()
+        after = rss_kib()
+        self.rss_added_kib = None if before is None or after is None else after - before
+        self.shards_total = int(_core.stats()["shards_total"]) if FM in libraries else 0
+        self.scrape = generate_latest
+        for lib in libraries:  # warm-up, and a check that every child is there with its count
+            text = generate_latest(self.registries[lib]).decode()
+            if f'scaling_requests_total{{key="{series - 1}"}} {float(threads)}' not in text:
+                raise SystemExit(f"fastmetrics bench scaling: {lib}'s scrape lacks the last series")
+
+
+def _serve(threads: int, series: int) -> None:
+    """Hold both libraries' metrics; on each stdin line ``LIBRARY N`` scrape
+    that library's registry N times and answer ``ok``; exit at EOF."""
+    state = _State([FM, PROM], threads, series)
+    gc.collect()
+    gc.disable()   # nothing is allocated between scrapes: a collection would only add noise
+    print(f"ready {state.shards_total}", flush=True)
+    for line in sys.stdin:
+        lib, n = line.split()
+        registry = state.registries[lib]
+        for _ in range(int(n)):
+            state.scrape(registry)
+        print("ok", flush=True)
+    state.parked.release()
+
+
+def _worker(mode: str, threads: int, series: int, rounds: int) -> Dict[str, Any]:
     libraries = [FM, PROM] if mode == "scrape" else [mode]
-    registries = {lib: CollectorRegistry() for lib in libraries}
-    lists = [_children(lib, registries[lib], series) for lib in libraries]
-    gc.collect()
-    before = rss_kib()
-    parked = _Parked(lists, threads)
-    gc.collect()
-    after = rss_kib()
-    result: Dict[str, Any] = {"rss_added_kib": None if before is None or after is None else after - before,
-                              "shards_total": _core.stats()["shards_total"] if FM in libraries else 0}
+    state = _State(libraries, threads, series)
+    registries, generate_latest, parked = state.registries, state.scrape, state.parked
+    result: Dict[str, Any] = {"rss_added_kib": state.rss_added_kib, "shards_total": state.shards_total}
     if mode == "scrape":
         times: Dict[str, List[float]] = {lib: [] for lib in libraries}
-        for lib in libraries:  # warm-up, and a check that every child is there with its count
-            text = generate_latest(registries[lib]).decode()
-            assert f'scaling_requests_total{{key="{series - 1}"}} {float(threads)}' in text, lib
         gc.disable()
         for i in range(rounds):
             for lib in (libraries if i % 2 == 0 else libraries[::-1]):
@@ -152,11 +179,8 @@ def _worker(mode: str, threads: int, series: int, rounds: int) -> Dict[str, Any]
 
 
 def _run_worker(mode: str, threads: int, series: int, rounds: int) -> Dict[str, Any]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FASTMETRICS_NO_EXTENSIONS", "FASTMETRICS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROC_DIR",
-                        "prometheus_multiproc_dir")}
-    proc = subprocess.run([sys.executable, "-m", "fastmetrics._cli.bench.scaling", mode, str(threads),
-                           str(series), str(rounds)], env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.run(worker_command(mode, threads, series, rounds), env=worker_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"scaling worker {mode} T={threads} S={series} failed ({proc.returncode}): "
                            f"{proc.stderr.strip()[-500:]}")
@@ -189,6 +213,22 @@ def markdown_table(cells: Sequence[Cell]) -> List[str]:
     return lines
 
 
+def worker_command(mode: str, threads: int, series: int, rounds: int = 0) -> List[str]:
+    """The command line of a worker (``serve``, ``scrape``, or a library's
+    memory worker)."""
+    return [sys.executable, "-m", "fastmetrics._cli.bench.scaling", mode, str(threads), str(series), str(rounds)]
+
+
+def worker_env() -> Dict[str, str]:
+    """A worker's environment: the Cython core, single-process mode."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("FASTMETRICS_NO_EXTENSIONS", "FASTMETRICS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROC_DIR",
+                         "prometheus_multiproc_dir")}
+
+
 if __name__ == "__main__":
     _mode, _threads, _series, _rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    json.dump(_worker(_mode, _threads, _series, _rounds), sys.stdout)
+    if _mode == "serve":
+        _serve(_threads, _series)
+    else:
+        json.dump(_worker(_mode, _threads, _series, _rounds), sys.stdout)
