@@ -311,14 +311,17 @@ class Reader:
         finally:
             os.close(fd)
 
-    def read_open(self, path: str, fd: int, st: os.stat_result) -> ParsedFile:
+    def read_open(self, path: str, fd: int, st: os.stat_result, map_fd: bool = True) -> ParsedFile:
         """:meth:`read` of a file the caller opened with :func:`open_entry`
-        (``st`` its fstat), e.g. to hold a lock on it while reading."""
+        (``st`` its fstat), e.g. to hold a lock on it while reading.  With
+        ``map_fd=False`` no mapping of ``fd`` outlives the call (a kept
+        mapping would keep ``fd``'s lock after the caller closes it); one kept
+        from an earlier read is still used."""
         if st.st_size < fmt.HDR_SIZE:
             raise CorruptFile(f"truncated: {st.st_size} bytes, shorter than the header")
         key = (path, st.st_dev, st.st_ino)
         self._touched.add(key)
-        mm, keep = self._mapping(key, fd, st.st_size)
+        mm, keep = self._mapping(key, fd, st.st_size, map_fd)
         try:
             return self._parse(key, mm, st.st_size)
         except CorruptFile:
@@ -329,17 +332,18 @@ class Reader:
             if not keep:
                 mm.close()
 
-    def _mapping(self, key: _FileKey, fd: int, size: int) -> Tuple[mmap.mmap, bool]:
+    def _mapping(self, key: _FileKey, fd: int, size: int, keep_new: bool = True) -> Tuple[mmap.mmap, bool]:
         """A read-only mapping of ``size`` bytes of the file, and whether it
         is kept (else the caller closes it): the one kept from an earlier read
-        when the size is the same, else a new one, kept within the budget."""
+        when the size is the same, else a new one, kept within the budget
+        (and only if ``keep_new``)."""
         mapped = self._mapped.get(key)
         if mapped is not None and mapped[1] == size:
             return mapped[0], True
         self._unmap(key)
         mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         no_readahead(mm)
-        keep = len(self._mapped) < self._max_mapped
+        keep = keep_new and len(self._mapped) < self._max_mapped
         if keep:
             self._mapped[key] = (mm, size)
         return mm, keep
