@@ -13,7 +13,9 @@ same path gets a new one); the caller holds ``lock`` while it uses
 ``reader`` (a Reader is not thread-safe).  At most :data:`MAX_DIRECTORIES`
 directories are remembered, least recently used first out; an evicted reader
 is closed (its mappings and descriptors released) under its lock, and stays
-usable by a collector that still holds it.  Thread-safe.
+usable by a collector that still holds it.  Thread-safe.  A fork child
+starts with no shared reader (another thread of the parent may have held a
+lock at fork; the child's collectors read afresh).
 """
 
 from __future__ import annotations
@@ -51,6 +53,18 @@ def reader_for(path: str) -> Tuple[Reader, threading.Lock]:
         with lock:
             reader.close()
     return entry
+
+
+def _forget_in_child() -> None:
+    """After fork, in the child: new locks, no readers (the parent's copies
+    are dropped, never closed under a lock that may be held)."""
+    global _readers, _registry_lock
+    _readers = OrderedDict()
+    _registry_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def forget_all() -> None:
