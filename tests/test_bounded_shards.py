@@ -248,7 +248,8 @@ def test_the_store_uses_the_bounds_of_its_environment(impl) -> None:
                             "[t.start() for t in ts]; [t.join() for t in ts]\n"
                             "st = _core.stats()\n"
                             "assert c._value.get() == 20\n"
-                            "print(st['exclusive_max'], st['shards_total'] <= st['exclusive_max'] + st['stripes_max'])\n")
+                            "bound = st['exclusive_max'] + st['stripes_max']\n"
+                            "print(st['exclusive_max'], st['shards_total'] <= bound)\n")
     out = subprocess.run([sys.executable, "-c", code], env=impl.env(**{ENV_EXCLUSIVE: "1"}),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
