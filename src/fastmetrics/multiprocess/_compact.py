@@ -10,6 +10,7 @@ import time
 from typing import Dict, List, NamedTuple, Optional, Set
 
 from . import _format as fmt
+from . import _reaper
 from ._directory import Skipped, copy_reason, directory_from, expect_kind, one_per_uid, process_files, read_archive
 from ._fold import fold, series_metas
 from ._format import EnumValue, Meta, SeriesKey
@@ -40,8 +41,9 @@ def compact(path: Optional[str] = None, *, blocking: bool = True, reader: Option
     if another process is compacting.  ``path`` defaults to
     ``$FASTMETRICS_MULTIPROC_DIR`` (ValueError if neither is set).
     ``reader`` (the caller's, not used by another thread meanwhile) reuses
-    what it already parsed of the files.  ``OSError`` if the archive cannot
-    be written.
+    what it already parsed of the files, and the descriptors of the folded
+    files are then closed off the caller's path (:mod:`._reaper`).
+    ``OSError`` if the archive cannot be written.
     """
     path = directory_from(path)
     skipped: Skipped = []
@@ -64,7 +66,10 @@ def compact(path: Optional[str] = None, *, blocking: bool = True, reader: Option
             if own_reader:
                 file_reader.close()
             for fd in locks:
-                os.close(fd)
+                if own_reader:
+                    os.close(fd)
+                else:   # a scrape's: the last close of a deleted file frees it, off the request path
+                    _reaper.release(fd)
 
 
 class _Entry(NamedTuple):

@@ -20,6 +20,7 @@ from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
 from prometheus_client.metrics_core import Metric
 
 from . import _format as fmt
+from . import _reaper
 from ._format import EnumValue, Header, Meta, SeriesKey
 from ._locks import owner_alive
 
@@ -283,11 +284,15 @@ class Reader:
         self._max_mapped = _descriptor_budget()
 
     def sweep(self) -> None:
-        """Forget (and unmap) the files not read since the previous sweep."""
+        """Forget the files not read since the previous sweep, and unmap them
+        off the request path (:mod:`._reaper`: they were most likely deleted
+        by a compaction, and the last mapping of a deleted file is what pays
+        for freeing it)."""
         for key in [key for key in self._layouts if key not in self._touched]:
             del self._layouts[key]
         for key in [key for key in self._mapped if key not in self._touched]:
-            self._unmap(key)
+            mapped = self._mapped.pop(key)
+            _reaper.release(mapped[0])
         self._touched.clear()
 
     def close(self) -> None:
