@@ -240,3 +240,37 @@ def test_mp_scrape_with_a_new_collector_per_scrape(measure: Measure, per_request
     workload = compile_loop("s(c, d)", {"s": _scrape_with_a_new_collector, "c": candidate, "d": directory}, unroll=1)
     measure(workload, candidate, f"mp.per_request.scrape.f{PER_REQUEST_FILES}.s{PER_REQUEST_SERIES}",
             files=PER_REQUEST_FILES, series=PER_REQUEST_SERIES)
+
+
+def test_mp_worst_scrape_while_exited_workers_are_compacted(benchmark: object, per_request_dirs: Dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """The slowest single scrape of a long-lived collector (compaction on)
+    from the moment 64 workers (1,000 counters each) have exited until their
+    files are folded: the exporter had read their files while they lived (one
+    scrape with ``compact=False`` first).  Seconds, measured once (the
+    directory is consumed): ``fastmetrics_c.mp.compacting.worst_scrape.f64.s1000``,
+    to compare with prometheus_client's per-request scrape of such a directory."""
+    import shutil
+    import time
+
+    from _harness import record_value  # type: ignore[import-not-found]
+
+    from fastmetrics import multiprocess as fm_mp
+
+    _need_extension(FM_C)
+    directory = tmp_path / "exited"
+    shutil.copytree(per_request_dirs[FM_C], directory)
+    warm = CollectorRegistry()
+    fm_mp.MultiProcessCollector(warm, str(directory), compact=False)
+    generate_latest(warm)
+    registry = CollectorRegistry()
+    fm_mp.MultiProcessCollector(registry, str(directory))
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        text = generate_latest(registry).decode()
+        times.append(time.perf_counter() - t0)
+        assert f"bench_mp_c{PER_REQUEST_SERIES - 1}_total {float(PER_REQUEST_FILES)}" in text
+    assert sorted(p.name for p in directory.glob("*.fm")) == ["archive.fm"]   # all folded
+    record_value(benchmark, FM_C, f"mp.compacting.worst_scrape.f{PER_REQUEST_FILES}.s{PER_REQUEST_SERIES}",
+                 max(times), unit="s", scrapes=times)
