@@ -16,23 +16,22 @@ starts with an empty queue and its own thread.  Thread-safe.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import queue
 import threading
 from typing import Optional, Union
 
-import mmap
-
 log = logging.getLogger(__package__)
 
 Closable = Union[mmap.mmap, int]   # a mapping, or a descriptor
 
-_queue: "queue.Queue[Closable]" = queue.Queue()
+_queue: queue.Queue[Closable] = queue.Queue()   # (annotation only: not evaluated on 3.9)
 _thread: Optional[threading.Thread] = None
 _start_lock = threading.Lock()
 
 
-def _run(work: "queue.Queue[Closable]") -> None:
+def _run(work: queue.Queue[Closable]) -> None:
     while True:
         item = work.get()
         try:
