@@ -3,6 +3,8 @@
 * :class:`Settings`: batch targets and round counts (normal / quick).
 * :class:`Measure`: calibrate a batch, time it with pytest-benchmark, store
   seconds per operation and the benchmark's ``key`` (``<candidate>.<op>``).
+* :func:`record_value`: store a measured value that is not a time (memory)
+  under a key, for a ratio gate between two such keys.
 * :func:`pycti_module`: pycti's real ``OpenCTIMetricHandler`` module from the
   published wheel, downloaded once into a cache dir.
 * :func:`unavailable`: skip a case that cannot run here (fail for pycti in CI).
@@ -132,6 +134,25 @@ class Measure:
             _per_op(self.benchmark, ops)
         finally:
             workload.close()
+
+
+def record_value(benchmark: Any, candidate: str, op: str, value: float, unit: str, **extra: Any) -> None:
+    """Store one measured ``value`` that is not a time (e.g. KiB of memory) as
+    the benchmark of key ``<candidate>.<op>``, for ratio gates between two
+    such keys (``unit`` is recorded in ``extra_info``; a gate must never
+    divide keys of different units).  Repetition 0: measured once."""
+    key = f"{candidate}.{op}"
+    benchmark.group = op
+    benchmark.extra_info.update(key=key, candidate=candidate, op=op, rep=0, ops_per_round=1, unit=unit, **extra)
+    benchmark.pedantic(lambda: None, rounds=1, warmup_rounds=0, iterations=1)
+    meta = getattr(benchmark, "stats", None)
+    if not meta:  # --benchmark-disable
+        return
+    stats = meta.stats
+    stats.data[:] = [value]
+    for cached in tuple(stats.__dict__):  # drop any derived statistic already cached
+        if cached != "data":
+            del stats.__dict__[cached]
 
 
 def _gc_off(run: Callable[[int], None]) -> Callable[[int], None]:

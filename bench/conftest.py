@@ -18,8 +18,9 @@ Run: ``PYTHONPATH=src python -m pytest bench/`` (add ``--bench-quick`` for CI).
   (``_gates.py``), so load that changes between repetitions cancels out.
 * Ordering phases (``@pytest.mark.bench_phase(n)``, default 10): lower
   phases run first.  Scrapes by thread count run first, in increasing thread
-  count, because per-thread shards are pooled, never freed: once a process
-  had N threads, every fastmetrics scrape folds N shards.
+  count: shards are pooled, never freed (though bounded by the CPUs), so a
+  process's earlier threads could colour a later scrape.  The many-threads
+  scrape and memory benchmarks run in worker subprocesses of their own.
 * Gates (``--bench-gates``, default ``bench/gates.toml``) are evaluated at the
   end of the session; any MISS makes the run fail (exit 1) and the table of
   every gate is printed.  A gate whose benchmarks did not run is NOT RUN:

@@ -22,6 +22,12 @@ repeatedly, as a long-lived exporter would.  Keys:
 scrape), ``fastmetrics_c.mp.scrape.compacted.f<F>`` (the default
 ``compact=True`` after the F files were folded into the archive), and
 ``prometheus_client.mp.scrape.f<F>``.
+
+**a new collector per scrape** (prometheus_client's documented per-request
+pattern): 64 exited processes' files of 1,000 counters each, a new registry
+and collector for every scrape (fastmetrics' with ``compact=False``, so both
+read the 64 files each time).  Keys:
+``<candidate>.mp.per_request.scrape.f64.s1000``.
 """
 
 from __future__ import annotations
@@ -188,3 +194,85 @@ def test_mp_scrape(measure: Measure, scrape_registries: Dict[Tuple[str, int], Co
     op = f"mp.scrape.compacted.f{files}" if variant == "compacted" else f"mp.scrape.f{files}"
     workload = compile_loop("g(r)", {"g": generate_latest, "r": registry}, unroll=1)
     measure(workload, candidate, op, files=files, variant=variant)
+
+
+# -- a new collector per scrape, and the scrape that compacts (issue 14) -----------------
+
+PER_REQUEST_FILES, PER_REQUEST_SERIES = 64, 1000
+
+
+@pytest.fixture(scope="session")
+def per_request_dirs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """candidate -> a directory of 64 exited processes' files, 1,000 counters each."""
+    root = tmp_path_factory.mktemp("per-request")
+    dirs = {}
+    for candidate in ("fastmetrics_c", "prometheus_client"):
+        directory = root / candidate
+        directory.mkdir()
+        subprocess.run([sys.executable, str(WORKER), "populate", candidate, str(PER_REQUEST_FILES),
+                        str(PER_REQUEST_SERIES)], env=_env(candidate, directory), check=True, timeout=TIMEOUT * 5,
+                       stdout=subprocess.DEVNULL)
+        dirs[candidate] = directory
+    return dirs
+
+
+def _scrape_with_a_new_collector(candidate: str, directory: Path) -> bytes:
+    """prometheus_client's documented per-request pattern: a new registry and
+    collector for each scrape (fastmetrics' with compact=False, so both read
+    the same 64 files every time)."""
+    from prometheus_client import multiprocess as prom_mp
+
+    from fastmetrics import multiprocess as fm_mp
+
+    registry = CollectorRegistry()
+    if candidate == "prometheus_client":
+        prom_mp.MultiProcessCollector(registry, path=str(directory))
+    else:
+        fm_mp.MultiProcessCollector(registry, str(directory), compact=False)
+    return generate_latest(registry)
+
+
+@pytest.mark.parametrize("candidate", ["fastmetrics_c", "prometheus_client"])
+def test_mp_scrape_with_a_new_collector_per_scrape(measure: Measure, per_request_dirs: Dict[str, Path],
+                                                    candidate: str) -> None:
+    _need_extension(candidate)
+    directory = per_request_dirs[candidate]
+    text = _scrape_with_a_new_collector(candidate, directory).decode()
+    assert f"bench_mp_c{PER_REQUEST_SERIES - 1}_total {float(PER_REQUEST_FILES)}" in text   # every file was read
+    workload = compile_loop("s(c, d)", {"s": _scrape_with_a_new_collector, "c": candidate, "d": directory}, unroll=1)
+    measure(workload, candidate, f"mp.per_request.scrape.f{PER_REQUEST_FILES}.s{PER_REQUEST_SERIES}",
+            files=PER_REQUEST_FILES, series=PER_REQUEST_SERIES)
+
+
+def test_mp_worst_scrape_while_exited_workers_are_compacted(benchmark: object, per_request_dirs: Dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """The slowest single scrape of a long-lived collector (compaction on)
+    from the moment 64 workers (1,000 counters each) have exited until their
+    files are folded: the exporter had read their files while they lived (one
+    scrape with ``compact=False`` first).  Seconds, measured once (the
+    directory is consumed): ``fastmetrics_c.mp.compacting.worst_scrape.f64.s1000``,
+    to compare with prometheus_client's per-request scrape of such a directory."""
+    import shutil
+    import time
+
+    from _harness import record_value  # type: ignore[import-not-found]
+
+    from fastmetrics import multiprocess as fm_mp
+
+    _need_extension(FM_C)
+    directory = tmp_path / "exited"
+    shutil.copytree(per_request_dirs[FM_C], directory)
+    warm = CollectorRegistry()
+    fm_mp.MultiProcessCollector(warm, str(directory), compact=False)
+    generate_latest(warm)
+    registry = CollectorRegistry()
+    fm_mp.MultiProcessCollector(registry, str(directory))
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        text = generate_latest(registry).decode()
+        times.append(time.perf_counter() - t0)
+        assert f"bench_mp_c{PER_REQUEST_SERIES - 1}_total {float(PER_REQUEST_FILES)}" in text
+    assert sorted(p.name for p in directory.glob("*.fm")) == ["archive.fm"]   # all folded
+    record_value(benchmark, FM_C, f"mp.compacting.worst_scrape.f{PER_REQUEST_FILES}.s{PER_REQUEST_SERIES}",
+                 max(times), unit="s", scrapes=times)

@@ -7,6 +7,7 @@ the checks made before a run).  The demo and bench runs themselves:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from fastmetrics._cli.bench import docs
 from fastmetrics._cli.bench.ops import Op, cli_ops
 from fastmetrics._cli.bench.report import format_table, summarize, table, thread_scaling
 from fastmetrics._cli.bench.run import Case
+from fastmetrics._cli.bench.scaling import Cell
 from fastmetrics._cli.bench.subjects import FLOOR, FM_C, FM_PY, PROM, PYCTI
 from fastmetrics._cli.bench.timing import Workload
 from fastmetrics._cli.demo.connector import Tally, expected_samples, exposed_names
@@ -274,8 +276,9 @@ def _fake_run() -> docs.Run:
         "load_average_1min": 0.5, "wall_time_s": 12.3, "fastmetrics": "0.1.0", "implementation": "cython",
         "prometheus_client": "0.26.0", "pycti_version": "7.261026.0",
     }
+    table = [Cell(64, 10_000, 0.06, 0.09, 1500, 1300, 6), Cell(1024, 100_000, 0.6, 0.9, None, 4000, 6)]
     return docs.Run(rows, thread_scaling(cases), "the report\n", "python -m fastmetrics bench --update-docs R.md",
-                    env, "docs/bench.png")
+                    env, "docs/bench.png", table)
 
 
 def test_rendered_blocks_show_the_numbers_the_cli_table_prints() -> None:
@@ -304,6 +307,12 @@ def test_rendered_blocks_show_the_numbers_the_cli_table_prints() -> None:
     assert "```\n$ python -m fastmetrics bench --update-docs R.md\nthe report\n```" in blocks["results"]
     assert "`--plot docs/bench.png` of the same run" in blocks["results"]
     assert "| scrape of 10 counters (text format) | 23,000.0 |  | 213,000.0 |  | 9.26 |" in blocks["headline"]
+    assert "| 10,000 | 64 | 60.0 ms | 90.0 ms | 0.67 | 1.5 MiB | 1.3 MiB | 1.15 | 6 |" in blocks["threads"]
+    assert "| 100,000 | 1,024 | 600.0 ms | 900.0 ms | 0.67 | n/a | 3.9 MiB | n/a | 6 |" in blocks["threads"]
+    without = docs.render(dataclasses.replace(run, threads_table=None))
+    assert set(without) == set(docs.BENCH_BLOCKS) - {docs.THREADS_BLOCK}
+    with pytest.raises(docs.MissingCase, match="--threads-table"):
+        docs.threads(dataclasses.replace(run, threads_table=None))
 
 
 def test_bench_help_names_update_docs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -317,7 +326,7 @@ def test_bench_help_names_update_docs(capsys: pytest.CaptureFixture[str]) -> Non
     [
         (None, "No such file"),
         ("no markers here\n", "no <!-- bench:NAME --> ... <!-- /bench:NAME --> block (NAME: headline, handler, "
-                               "results)"),
+                               "results, threads)"),
         ("<!-- bench:headline -->\n", "has no end marker <!-- /bench:headline -->"),
         ("<!-- bench:nope -->\n<!-- /bench:nope -->\n", "unknown block <!-- bench:nope -->"),
     ],
@@ -350,7 +359,7 @@ def test_shipped_docs_have_the_bench_blocks_and_quote_the_cli() -> None:
     benchmarks = ROOT / "docs" / "benchmarks.md"
     if not benchmarks.exists():
         pytest.skip("docs/ is not in the sdist")
-    assert docs.check_file(str(benchmarks)) == ["results"]
+    assert docs.check_file(str(benchmarks)) == ["results", "threads"]
     text = benchmarks.read_text(encoding="utf-8")
     assert f"`fastmetrics bench: error: {bench_cli.PLOT_NEEDS_MATPLOTLIB}`" in text
     assert "'fastmetrics[plot]'" not in text

@@ -1,6 +1,6 @@
 /*
  * fastmetrics atomics: relaxed word loads/stores, acquire/release pointer and
- * word publication, a CAS and an exchange, and the thread-local storage
+ * word publication, CAS (pointer, and a double's add), an exchange, and the thread-local storage
  * class.  Header-only, no state: included by the shard store (_shards.h) and
  * by every extension module that reads a flag another thread may write.
  * Py_ssize_t must be defined before inclusion (Python.h, or the C harness).
@@ -9,6 +9,7 @@
 #define FASTMETRICS_ATOMICS_H
 
 #include <stdint.h>
+#include <string.h>
 
 /* ------------------------------------------------------------------------ */
 /* Atomics: relaxed word loads/stores, acquire/release pointer publication.  */
@@ -72,6 +73,23 @@ static inline void *fm_cas_ptr(void **p, void *expected, void *desired) {
 static inline void *fm_exchange_ptr(void **p, void *v) {
     return InterlockedExchangePointer(p, v);
 }
+/* Add `amount` to the double at `p` shared by several writers (a CAS loop on
+ * its 64-bit pattern, relaxed).  Returns how many CAS attempts failed. */
+static inline int fm_cas_add_double(double *p, double amount) {
+    volatile LONG64 *w = (volatile LONG64 *)p;
+    LONG64 seen = *w, desired, found;
+    int failures = 0;
+    for (;;) {
+        double old, next;
+        memcpy(&old, &seen, 8);
+        next = old + amount;
+        memcpy(&desired, &next, 8);
+        found = InterlockedCompareExchange64(w, desired, seen);
+        if (found == seen) return failures;
+        seen = found;
+        failures++;
+    }
+}
 #  define FM_COMPILER_BARRIER() _ReadWriteBarrier()
 #  define FM_FULL_FENCE() MemoryBarrier()
 #  define FM_THREAD_LOCAL __declspec(thread)
@@ -116,6 +134,20 @@ static inline void *fm_cas_ptr(void **p, void *expected, void *desired) {
 }
 static inline void *fm_exchange_ptr(void **p, void *v) {
     return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
+}
+/* Add `amount` to the double at `p` shared by several writers (a CAS loop on
+ * its 64-bit pattern, relaxed: the word's own modification order is all a
+ * sum needs).  Returns how many CAS attempts failed (contention). */
+static inline int fm_cas_add_double(double *p, double amount) {
+    double seen, next;
+    int failures = 0;
+    __atomic_load(p, &seen, __ATOMIC_RELAXED);
+    for (;;) {
+        next = seen + amount;
+        if (__atomic_compare_exchange(p, &seen, &next, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return failures;
+        failures++;
+    }
 }
 #  define FM_COMPILER_BARRIER() __atomic_signal_fence(__ATOMIC_SEQ_CST)
 #  define FM_FULL_FENCE() __atomic_thread_fence(__ATOMIC_SEQ_CST)

@@ -17,9 +17,11 @@ from cpython.unicode cimport PyUnicode_CheckExact
 cdef extern from "_shards.h":
     ctypedef struct fm_stats_t:
         Py_ssize_t shards_total, shards_live, chunks, slots_used, slots_free
+        Py_ssize_t exclusive_max, stripes_max, stripes, threads_live, stripe_threads
     Py_ssize_t FM_MAX_SLOTS
     const void *fm_provider_active
     int fm_init()
+    int fm_configure(Py_ssize_t exclusive, Py_ssize_t stripes)
     int fm_add(const Py_ssize_t *slot_ref, double amount) nogil
     void fm_quiesce() nogil
     double fm_fold(Py_ssize_t slot) nogil
@@ -110,6 +112,12 @@ cdef str _NEGATIVE = "Counters can only be incremented by non-negative amounts."
 
 if fm_init() != 0:
     raise ImportError("fastmetrics: cannot create the thread-exit hook for shards")
+
+from fastmetrics._shard_limits import shard_limits as _shard_limits
+
+_limits = _shard_limits()   # ValueError for a bad FASTMETRICS_EXCLUSIVE_SHARDS
+if fm_configure(_limits.exclusive, _limits.stripes) != 0:
+    raise ImportError("fastmetrics: cannot configure the shard store")
 
 
 cdef inline double _amount(object amount) except? -1.0:
@@ -215,9 +223,10 @@ cdef int _raise_no_chunk() except -1:
 
 
 cdef class CounterCore(MetricCore):
-    """A counter value: one slot, summed over every thread's shard on read.
+    """A counter value: one slot, summed over every shard on read.
 
-    ``inc`` is lock-free and O(1); ``_get`` is O(threads ever live at once).
+    ``inc`` is lock-free and O(1); ``_get`` is O(shards), bounded by the CPUs
+    (exclusive shards + stripes), not by the threads.
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -405,8 +414,10 @@ cdef int _pf_enum_set_nogil(Py_ssize_t slot, Py_ssize_t index) noexcept nogil:
 
 
 def stats():
-    """Shard-store counters: shards ever created / owned by a live thread,
-    chunks allocated, slots in use / on the free list."""
+    """Shard-store counters: shards ever created (exclusive + stripes) /
+    exclusive ones owned by a live thread, chunks allocated, slots in use / on
+    the free list, the bounds (exclusive_max, stripes_max), stripes created,
+    threads holding a ticket (threads_live) and those of them on a stripe."""
     cdef fm_stats_t st = fm_stats()
     return {
         "shards_total": st.shards_total,
@@ -414,6 +425,11 @@ def stats():
         "chunks": st.chunks,
         "slots_used": st.slots_used,
         "slots_free": st.slots_free,
+        "exclusive_max": st.exclusive_max,
+        "stripes_max": st.stripes_max,
+        "stripes": st.stripes,
+        "threads_live": st.threads_live,
+        "stripe_threads": st.stripe_threads,
     }
 
 

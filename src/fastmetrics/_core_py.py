@@ -3,15 +3,19 @@
 It is the reference model in the tests and what runs where the extension is not
 built (``FASTMETRICS_NO_EXTENSIONS=1``).  The design mirrors the C store:
 
-- each thread increments only its own shard (chunks of 512 floats, one per
-  slot), found through :class:`threading.local`; no lock on the increment;
-- a shard goes back to a pool, with its counts, when its thread's locals are
-  destroyed, and the next thread adopts it;
-- reads sum every shard's float for the slot;
+- shards are chunks of 512 floats, one per slot, and bounded by the CPUs
+  (:mod:`fastmetrics._shard_limits`): the first threads each increment an
+  *exclusive* shard of their own, without a lock; the threads beyond share
+  *stripes* (created at import), each increment under the stripe's small lock;
+  a thread finds its shard through :class:`threading.local`;
+- an exclusive shard goes back to a pool, with its counts, when its thread's
+  locals are destroyed, and the next thread adopts it;
+- reads sum every shard's float for the slot (O(shards), not threads);
 - enum words live in a table of chunks indexed by the enum's slot;
 - ``reset()`` swaps in a zeroed spare slot, waits until no other thread is
-  inside an increment that may have read the old one (each shard's ``seq`` is
-  odd while its owner increments), then zeroes the old one for next time;
+  inside an increment that may have read the old one (each thread's *ticket*
+  has a ``seq`` that is odd while it increments; tickets are pooled), then
+  zeroes the old one for next time;
 - a chunk provider (the multiprocess arena, :mod:`fastmetrics._arena_py`) can
   supply chunks instead of the heap; the store reaches it only on its cold
   allocation paths and in fork (see the C twin's "Chunk providers").
@@ -24,6 +28,7 @@ operations that are atomic in CPython, with or without the GIL (``append``,
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from types import MappingProxyType
@@ -31,6 +36,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping,
                     TypeVar, cast)
 
 from . import _fork, _promfile_py
+from ._shard_limits import shard_limits
 from ._upcalls import CounterUpcalls, MetricUpcalls
 
 implementation = "python"
@@ -48,50 +54,80 @@ Chunk = Any  # list of floats/ints, or a memoryview of the mapped file
 
 
 class _Shard:
-    """One thread's partial sums.  Only the owning thread writes ``chunks``
-    and ``seq`` (odd while it is inside an increment)."""
+    """Partial sums.  An exclusive shard (``lock`` None) is written only by
+    the thread that owns it; a stripe's words and chunks only under its
+    ``lock``."""
 
-    __slots__ = ("chunks", "owner", "seq")
+    __slots__ = ("chunks", "lock", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, lock: Optional[threading.Lock] = None) -> None:
         self.chunks: List[Optional[Chunk]] = []
-        self.seq = 0
+        self.lock = lock
         self.owner: Optional[object] = None  # the owning lease's token (never the lease:
                                              # that cycle would keep the lease alive)
 
 
+class _Ticket:
+    """A thread's increment record: ``seq`` (owner-only writes) is odd while
+    the thread is inside an increment.  Pooled when the thread ends."""
+
+    __slots__ = ("owner", "seq", "stripe")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.owner: Optional[object] = None
+        self.stripe = False   # its lease's shard is a stripe
+
+
 class _Lease:
-    """A thread's claim on a shard, held in its thread-locals.
+    """A thread's claim on a ticket and a shard (exclusive, or a stripe),
+    held in its thread-locals.
 
     When the thread ends its locals are destroyed and ``__del__`` returns the
-    shard to the pool (counts kept).  ``busy`` marks an increment in progress:
-    a signal handler re-entering ``inc`` on the same thread appends to
-    ``pending`` instead of racing with the interrupted read-modify-write, and
-    the interrupted increment applies it before returning.
+    ticket and an exclusive shard to their pools (counts kept).  ``busy``
+    marks an increment in progress: a signal handler re-entering ``inc`` on
+    the same thread appends to ``pending`` instead of racing with the
+    interrupted read-modify-write (or waiting for the stripe lock it holds),
+    and the interrupted increment applies it before returning.
     """
 
-    __slots__ = ("busy", "pending", "shard", "token")
+    __slots__ = ("busy", "pending", "shard", "ticket", "token")
 
-    def __init__(self, shard: _Shard) -> None:
+    def __init__(self, ticket: _Ticket, shard: _Shard) -> None:
+        self.ticket = ticket
         self.shard = shard
         self.busy = False
         # (counter, amount): the slot is read when the increment is applied,
-        # inside the shard's seq bracket, so a concurrent reset waits for it
+        # inside the ticket's seq bracket, so a concurrent reset waits for it
         self.pending: List[Tuple[CounterCore, float]] = []
         self.token = object()
-        shard.owner = self.token
+        ticket.owner = self.token
+        ticket.stripe = shard.lock is not None
+        if shard.lock is None:
+            shard.owner = self.token
 
     def __del__(self) -> None:
-        shard = self.shard
+        shard, ticket = self.shard, self.ticket
         if shard.owner is self.token:
             shard.owner = None
             free = _free_shards
             if free is not None:  # None once the module is torn down at exit
                 free.append(shard)
+        if ticket.owner is self.token:
+            ticket.owner = None
+            tickets = _free_tickets
+            if tickets is not None:
+                tickets.append(ticket)
 
 
-_all_shards: List[_Shard] = []    # append-only; scrapers iterate it
-_free_shards: List[_Shard] = []   # pool; list.append / list.pop are atomic
+_limits = shard_limits()          # ValueError for a bad FASTMETRICS_EXCLUSIVE_SHARDS
+_stripes: List[_Shard] = [_Shard(threading.Lock()) for _ in range(_limits.stripes)]
+_all_shards: List[_Shard] = list(_stripes)   # append-only; scrapers iterate it
+_free_shards: List[_Shard] = []   # pool of exclusive shards; list.append / list.pop are atomic
+_exclusive_budget: List[None] = [None] * _limits.exclusive   # one item per exclusive shard not yet made
+_probe = itertools.count()        # round-robin stripe choice (a duplicate value is harmless)
+_all_tickets: List[_Ticket] = []  # append-only; _quiesce iterates it
+_free_tickets: List[_Ticket] = []
 if TYPE_CHECKING:
     class _Locals(threading.local):
         lease: _Lease
@@ -195,19 +231,35 @@ def words_rehome() -> None:
                 _words[c] = provider.words(c, words)
 
 def _take_shard() -> _Shard:
+    """A pooled exclusive shard, a new one while the budget lasts, else the
+    next stripe.  Lock-free (list pops)."""
     try:
         return _free_shards.pop()
     except IndexError:
-        shard = _Shard()
-        _all_shards.append(shard)
-        return shard
+        pass
+    try:
+        _exclusive_budget.pop()
+    except IndexError:
+        return _stripes[next(_probe) % len(_stripes)]
+    shard = _Shard()
+    _all_shards.append(shard)
+    return shard
+
+
+def _take_ticket() -> _Ticket:
+    try:
+        return _free_tickets.pop()
+    except IndexError:
+        ticket = _Ticket()
+        _all_tickets.append(ticket)
+        return ticket
 
 
 def _lease() -> _Lease:
     try:
         return _local.lease
     except AttributeError:
-        lease = _Lease(_take_shard())
+        lease = _Lease(_take_ticket(), _take_shard())
         _local.lease = lease
         return lease
 
@@ -227,6 +279,15 @@ def _store_add(shard: _Shard, slot: int, amount: float) -> None:
     if _promfile_on:   # prometheus_client-compatible mode: the one branch of the add path
         _promfile_py.store_add(slot, amount)
         return
+    lock = shard.lock
+    if lock is not None:   # a stripe: its chunks and words under its lock
+        with lock:
+            _word_add(shard, slot, amount)
+        return
+    _word_add(shard, slot, amount)
+
+
+def _word_add(shard: _Shard, slot: int, amount: float) -> None:
     c = slot >> CHUNK_BITS
     chunks = shard.chunks
     chunk = chunks[c] if c < len(chunks) else None
@@ -281,12 +342,12 @@ def _quiesce() -> None:
     """Wait until no other thread is inside an increment that may have read a
     slot index before this call (see the C twin's ``fm_quiesce``)."""
     lease = getattr(_local, "lease", None)
-    own = lease.shard if lease is not None else None
-    for shard in list(_all_shards):
-        seq = shard.seq
-        if shard is own or not seq & 1:
+    own = lease.ticket if lease is not None else None
+    for ticket in list(_all_tickets):
+        seq = ticket.seq
+        if ticket is own or not seq & 1:
             continue
-        while shard.seq == seq:
+        while ticket.seq == seq:
             time.sleep(0)
 
 
@@ -392,15 +453,16 @@ else:
     _CounterBase = MetricCore
 
 
-def _bracketed_add(shard: _Shard, counter: CounterCore, amount: float) -> None:
-    """Add to ``counter``'s current slot inside ``shard``'s seq bracket (odd
-    while it runs): the slot is read inside it, so a reset's :func:`_quiesce`
-    waits for this store or makes it read the new slot."""
-    shard.seq += 1
+def _bracketed_add(lease: _Lease, counter: CounterCore, amount: float) -> None:
+    """Add to ``counter``'s current slot inside the lease's ticket's seq
+    bracket (odd while it runs): the slot is read inside it, so a reset's
+    :func:`_quiesce` waits for this store or makes it read the new slot."""
+    ticket = lease.ticket
+    ticket.seq += 1
     try:
-        _store_add(shard, counter._slot, amount)
+        _store_add(lease.shard, counter._slot, amount)
     finally:
-        shard.seq += 1
+        ticket.seq += 1
 
 
 class CounterCore(_CounterBase):
@@ -432,10 +494,9 @@ class CounterCore(_CounterBase):
             lease.pending.append((self, a))
             return
         pending = lease.pending
-        shard = lease.shard
         lease.busy = True
         try:
-            _bracketed_add(shard, self, a)
+            _bracketed_add(lease, self, a)
         finally:
             lease.busy = False
         while pending:  # increments made by handlers while we were busy
@@ -443,7 +504,7 @@ class CounterCore(_CounterBase):
             try:
                 while pending:
                     counter, x = pending.pop()
-                    _bracketed_add(shard, counter, x)
+                    _bracketed_add(lease, counter, x)
             finally:
                 lease.busy = False
 
@@ -546,12 +607,18 @@ class EnumCore(MetricCore):
 def stats() -> Dict[str, int]:
     """Shard-store counters (see the C twin)."""
     shards = list(_all_shards)
+    tickets = list(_all_tickets)
     return {
         "shards_total": len(shards),
         "shards_live": sum(1 for s in shards if s.owner is not None),
         "chunks": sum(1 for s in shards for c in s.chunks if c is not None),
         "slots_used": _slots_issued - len(_free_slots),
         "slots_free": len(_free_slots),
+        "exclusive_max": _limits.exclusive,
+        "stripes_max": _limits.stripes,
+        "stripes": len(_stripes),   # all made at import (they hold no chunk until used)
+        "threads_live": sum(1 for t in tickets if t.owner is not None),
+        "stripe_threads": sum(1 for t in tickets if t.owner is not None and t.stripe),
     }
 
 
@@ -576,13 +643,20 @@ def _after_fork_child() -> None:
     lease = getattr(_local, "lease", None)
     current = lease.token if lease is not None else None
     provider = _provider
+    for ticket in _all_tickets:
+        if ticket.owner is not current:
+            if ticket.owner is not None:
+                ticket.owner = None
+                _free_tickets.append(ticket)
+            if ticket.seq & 1:   # its thread was inside an increment: it is gone
+                ticket.seq += 1
     for shard in _all_shards:
-        if shard.owner is not current:
-            if shard.owner is not None:
-                shard.owner = None
-                _free_shards.append(shard)
-            if shard.seq & 1:   # its thread was inside an increment: it is gone
-                shard.seq += 1
+        if shard.lock is not None:
+            # another thread may have held it at fork(): it is gone
+            shard.lock = threading.Lock()
+        elif shard.owner is not current and shard.owner is not None:
+            shard.owner = None
+            _free_shards.append(shard)
         if provider is not None:
             shard.chunks = []
     if provider is not None:

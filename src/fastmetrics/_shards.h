@@ -1,32 +1,49 @@
 /*
- * fastmetrics shard store: per-thread counter shards, slot allocator, fork hooks.
+ * fastmetrics shard store: counter shards bounded by cores, slot allocator, fork hooks.
  *
  * Memory model
  * ------------
- * Every counter (and labelled child) owns a *slot* index.  Every OS thread that
- * increments owns one *shard*: a table of chunk pointers; chunk k holds the
- * thread's partial sums for slots [k*FM_CHUNK_SLOTS, (k+1)*FM_CHUNK_SLOTS).
+ * Every counter (and labelled child) owns a *slot* index.  A *shard* is a
+ * table of chunk pointers; chunk k holds partial sums for slots
+ * [k*FM_CHUNK_SLOTS, (k+1)*FM_CHUNK_SLOTS).  There are two kinds, and at most
+ * fm_exclusive_max + fm_stripe_max of them whatever the number of threads
+ * (LongAdder / per-CPU counters: memory and scrape cost follow the cores):
  *
- *  - One writer per shard: only the owning thread stores into its chunks, so an
- *    increment is a relaxed load + relaxed store of its own word (no lock, no
- *    atomic read-modify-write).  The scraper reads the same words with relaxed
- *    loads, so it never sees a torn value, and read-read coherence makes every
- *    word it reads non-decreasing between scrapes.
- *  - Chunks are allocated lazily by the owner, cache-line aligned, and never
- *    move or get freed; the pointer is published with a release store and read
- *    with an acquire load.  Growing never invalidates a reader.
+ *  - Exclusive shards (at most fm_exclusive_max, default 2 x CPUs, at least
+ *    4): owned by one live thread at a time, so an increment is a relaxed
+ *    load + relaxed store of its own word (no lock, no atomic
+ *    read-modify-write).  The first threads to increment get them; when a
+ *    thread exits, its shard goes back to a pool *with its counts* and the
+ *    next thread adopts it.
+ *  - Stripes (at most fm_stripe_max, default max(2, CPUs)): shared by the
+ *    threads beyond the exclusive ones, each picked by a per-thread probe
+ *    (round-robin at the thread's first increment); an increment is a CAS
+ *    loop on the 64-bit word (fm_cas_add_double), and a thread whose CAS
+ *    failed moves on to the next stripe (Striped64's rehash).  A stripe's
+ *    chunks are allocated under fm_lock (several threads may need one).
+ *  - The scraper reads every word with relaxed loads, so it never sees a torn
+ *    value, and read-read coherence makes every word it reads non-decreasing
+ *    between scrapes.  A scrape walks the shards (exclusive + stripes), never
+ *    the threads.
+ *  - Chunks are allocated lazily, cache-line aligned, and never move or get
+ *    freed; the pointer is published with a release store and read with an
+ *    acquire load.  Growing never invalidates a reader.
  *  - Shards are linked into an append-only list that scrapers walk without a
- *    lock.  A shard is never freed: when its thread exits it goes back to a pool
- *    *with its counts*, and the next new thread adopts it.  Memory is therefore
- *    bounded by the peak number of live threads.
- *  - The pool and the slot free list are guarded by one C mutex that is only
- *    taken on cold paths (a thread's first increment, thread exit, slot
- *    allocation, fork) and never while calling into Python.  fork() takes it
- *    in a C pthread_atfork handler, so no Python code ever runs while it is
- *    held.  Releasing a slot (a metric's dealloc, possibly inside a garbage
+ *    lock, and are never freed.
+ *  - Every thread that increments holds a *ticket*: one cache line with its
+ *    `seq` word (odd while an increment runs; owner-only stores) and the shard
+ *    it writes.  Tickets are linked into an append-only list, pooled when
+ *    their thread exits (so bounded by the peak number of live threads, 128
+ *    bytes each) and walked only by fm_quiesce().
+ *  - The pools (shards, tickets), stripe chunks and the slot free list are
+ *    guarded by one C mutex that is only taken on cold paths (a thread's
+ *    first increment, a stripe's new chunk, thread exit, slot allocation,
+ *    fork) and never while calling into Python.  fork() takes it in a C
+ *    pthread_atfork handler, so no Python code ever runs while it is held.
+ *    Releasing a slot (a metric's dealloc, possibly inside a garbage
  *    collection anywhere) takes no lock: it pushes onto a lock-free pending
  *    list that the next allocation drains.
- *  - Each increment brackets itself with the shard's `seq` word (odd while it
+ *  - Each increment brackets itself with its ticket's `seq` word (odd while it
  *    runs; owner-only stores).  fm_quiesce() waits, after an asymmetric
  *    barrier, until no increment that may have read a slot index before a
  *    swap is still in flight: reset() swaps in a zeroed spare slot, quiesces,
@@ -135,12 +152,23 @@ static void fm_heavy_barrier_init(void) {
 }
 
 typedef struct fm_shard {
-    double *chunks[FM_MAX_CHUNKS];   /* owner writes (release); anyone reads (acquire) */
-    Py_ssize_t seq;                  /* owner-only stores: odd while an increment runs */
+    double *chunks[FM_MAX_CHUNKS];   /* release-published; anyone reads (acquire) */
     struct fm_shard *next_all;       /* immutable once published */
-    struct fm_shard *next_free;      /* guarded by fm_lock */
-    int in_use;                      /* guarded by fm_lock */
+    struct fm_shard *next_free;      /* guarded by fm_lock (exclusive shards) */
+    int in_use;                      /* guarded by fm_lock (exclusive shards) */
+    int stripe;                      /* immutable: 1 for a shared stripe */
 } fm_shard;
+
+/* A thread's increment record (see "tickets" above); one cache line. */
+typedef struct fm_ticket {
+    Py_ssize_t seq;                  /* owner-only stores: odd while an increment runs */
+    fm_shard *shard;                 /* owner-only: its exclusive shard, or its current stripe */
+    Py_ssize_t probe;                /* owner-only: index of that stripe (stripe tickets) */
+    int stripe;                      /* owner-only: 1 when `shard` is a stripe */
+    int in_use;                      /* guarded by fm_lock */
+    struct fm_ticket *next_all;      /* immutable once published */
+    struct fm_ticket *next_free;     /* guarded by fm_lock */
+} fm_ticket;
 
 /* A slot released by a dealloc, waiting for the next allocation to zero it. */
 typedef struct fm_pending_slot {
@@ -161,11 +189,23 @@ typedef struct fm_provider {
     void (*after_fork_child)(void);                   /* forget everything it handed out */
 } fm_provider;
 
+#define FM_MAX_SHARD_KINDS 4096          /* bound of either kind's count (fm_configure) */
+
 static fm_mutex_t fm_lock = FM_MUTEX_INIT;
 static fm_shard *fm_all_shards = NULL;   /* head, release-published */
 static fm_shard *fm_free_shards = NULL;  /* guarded by fm_lock */
-static Py_ssize_t fm_shards_total = 0;   /* guarded by fm_lock */
-static Py_ssize_t fm_shards_live = 0;    /* guarded by fm_lock */
+static Py_ssize_t fm_shards_total = 0;   /* guarded by fm_lock: exclusive shards + stripes */
+static Py_ssize_t fm_shards_live = 0;    /* guarded by fm_lock: exclusive shards owned */
+static Py_ssize_t fm_exclusive_total = 0;        /* guarded by fm_lock */
+static Py_ssize_t fm_exclusive_max = 4;          /* set by fm_configure before any shard */
+static Py_ssize_t fm_stripe_max = 2;             /* idem */
+static fm_shard **fm_stripes = NULL;             /* fm_stripe_max entries, release-published */
+static Py_ssize_t fm_stripe_next_probe = 0;      /* guarded by fm_lock: round-robin */
+static fm_ticket *fm_all_tickets = NULL;         /* head, release-published */
+static fm_ticket *fm_free_tickets = NULL;        /* guarded by fm_lock */
+static Py_ssize_t fm_tickets_total = 0;          /* guarded by fm_lock */
+static Py_ssize_t fm_tickets_live = 0;           /* guarded by fm_lock */
+static Py_ssize_t fm_stripe_threads = 0;         /* guarded by fm_lock: live tickets on stripes */
 static Py_ssize_t fm_chunks_total = 0;   /* relaxed counter, stats only */
 
 static Py_ssize_t fm_next_slot = 0;      /* guarded by fm_lock */
@@ -173,7 +213,7 @@ static Py_ssize_t *fm_free_slots = NULL; /* guarded by fm_lock */
 static Py_ssize_t fm_free_slots_len = 0, fm_free_slots_cap = 0;
 static fm_pending_slot *fm_pending_slots = NULL;  /* lock-free push, take-all */
 
-static FM_THREAD_LOCAL fm_shard *fm_tls_shard = NULL;
+static FM_THREAD_LOCAL fm_ticket *fm_tls_ticket = NULL;
 static int fm_initialized = 0;
 
 static Py_ssize_t *fm_words[FM_MAX_CHUNKS];  /* enum words; release-published */
@@ -195,22 +235,32 @@ static inline int64_t fm_now_ms(void) {
 }
 #endif
 
-static void fm_release_shard_locked(fm_shard *s) {
-    if (s->in_use) {
-        s->in_use = 0;
-        s->next_free = fm_free_shards;
-        fm_free_shards = s;
-        fm_shards_live--;
+static void fm_release_ticket_locked(fm_ticket *t) {
+    if (!t->in_use) return;
+    if (t->stripe) {
+        fm_stripe_threads--;
+    } else {
+        fm_shard *s = t->shard;      /* back to the pool, with its counts */
+        if (s != NULL && s->in_use) {
+            s->in_use = 0;
+            s->next_free = fm_free_shards;
+            fm_free_shards = s;
+            fm_shards_live--;
+        }
     }
+    t->in_use = 0;
+    t->next_free = fm_free_tickets;
+    fm_free_tickets = t;
+    fm_tickets_live--;
 }
 
 static void fm_thread_exit(void *value) {
-    fm_shard *s = (fm_shard *)value;
-    if (s == NULL) return;
+    fm_ticket *t = (fm_ticket *)value;
+    if (t == NULL) return;
     fm_mutex_lock(&fm_lock);
-    fm_release_shard_locked(s);
+    fm_release_ticket_locked(t);
     fm_mutex_unlock(&fm_lock);
-    fm_tls_shard = NULL;
+    fm_tls_ticket = NULL;
 }
 
 #if defined(_WIN32)
@@ -220,13 +270,13 @@ static int fm_tls_init(void) {
     fm_fls_index = FlsAlloc(fm_fls_callback);
     return fm_fls_index == FLS_OUT_OF_INDEXES ? -1 : 0;
 }
-static int fm_tls_register(fm_shard *s) {
-    return FlsSetValue(fm_fls_index, s) ? 0 : -1;
+static int fm_tls_register(fm_ticket *t) {
+    return FlsSetValue(fm_fls_index, t) ? 0 : -1;
 }
 #else
 static pthread_key_t fm_key;
 static int fm_tls_init(void) { return pthread_key_create(&fm_key, fm_thread_exit); }
-static int fm_tls_register(fm_shard *s) { return pthread_setspecific(fm_key, s); }
+static int fm_tls_register(fm_ticket *t) { return pthread_setspecific(fm_key, t); }
 #endif
 
 static void *fm_aligned_zalloc(size_t size) {
@@ -253,18 +303,23 @@ static void fm_after_fork_parent(void) {
 }
 static void fm_after_fork_child(void) {
     fm_shard *s;
+    fm_ticket *t;
     Py_ssize_t c;
     const fm_provider *provider = fm_provider_active;
-    for (s = fm_all_shards; s != NULL; s = s->next_all) {
-        if (s != fm_tls_shard) {
-            fm_release_shard_locked(s);
-            /* Its thread may have been inside an increment: it is gone. */
-            if (s->seq & 1) s->seq++;
+    for (t = fm_all_tickets; t != NULL; t = t->next_all) {
+        if (t != fm_tls_ticket) {
+            /* Its thread does not exist here: its exclusive shard goes back
+             * to the pool with its counts. */
+            fm_release_ticket_locked(t);
+            /* It may have been inside an increment: it is gone. */
+            if (t->seq & 1) t->seq++;
         }
-        /* Provided chunks are the parent's (e.g. in its file): the child
-         * starts from zero in chunks of its own. */
-        if (provider != NULL) memset(s->chunks, 0, sizeof(s->chunks));
     }
+    /* Provided chunks are the parent's (e.g. in its file): the child starts
+     * from zero in chunks of its own.  (A stripe CAS the parent's threads had
+     * in flight either happened before fork() or not: the word is whole.) */
+    if (provider != NULL)
+        for (s = fm_all_shards; s != NULL; s = s->next_all) memset(s->chunks, 0, sizeof(s->chunks));
     if (provider != NULL) {
         /* Enum states carry over: move the words to the heap until
          * fm_words_rehome() hands them to the provider again. */
@@ -293,70 +348,193 @@ static int fm_init(void) {
     return 0;
 }
 
-/* Cold path: give the calling thread a shard (a pooled one if any).
- * Returns NULL when out of memory.  Safe without the GIL. */
-static fm_shard *fm_acquire_shard(void) {
-    fm_shard *s;
+/* Set the bounds: at most `exclusive` exclusive shards and `stripes` stripes
+ * (each in 1..FM_MAX_SHARD_KINDS).  Only before any thread has incremented:
+ * 0, or -1 (bad bounds, too late, or out of memory). */
+static int fm_configure(Py_ssize_t exclusive, Py_ssize_t stripes) {
+    int rc = 0;
+    if (exclusive < 1 || exclusive > FM_MAX_SHARD_KINDS || stripes < 1 || stripes > FM_MAX_SHARD_KINDS)
+        return -1;
     fm_mutex_lock(&fm_lock);
-    s = fm_free_shards;
-    if (s != NULL) {
-        fm_free_shards = s->next_free;
+    if (fm_all_tickets != NULL) {
+        rc = -1;
     } else {
-        s = (fm_shard *)fm_aligned_zalloc(sizeof(fm_shard));
-        if (s == NULL) { fm_mutex_unlock(&fm_lock); return NULL; }
-        s->next_all = fm_all_shards;
-        fm_store_ptr_release((void **)&fm_all_shards, s);
-        fm_shards_total++;
+        fm_shard **table = (fm_shard **)calloc((size_t)stripes, sizeof(fm_shard *));
+        if (table == NULL) {
+            rc = -1;
+        } else {
+            free(fm_stripes);
+            fm_stripes = table;
+            fm_exclusive_max = exclusive;
+            fm_stripe_max = stripes;
+        }
     }
-    s->next_free = NULL;
-    s->in_use = 1;
-    fm_shards_live++;
     fm_mutex_unlock(&fm_lock);
-    if (fm_tls_register(s) != 0) {
-        /* Thread-exit hook unavailable: keep the shard owned forever rather than
-         * risk two writers; counts stay correct, only pooling is lost. */
-    }
-    fm_tls_shard = s;
+    return rc;
+}
+
+/* A new shard, linked for scrapers.  Caller holds fm_lock; NULL on OOM. */
+static fm_shard *fm_new_shard_locked(int stripe) {
+    fm_shard *s = (fm_shard *)fm_aligned_zalloc(sizeof(fm_shard));
+    if (s == NULL) return NULL;
+    s->stripe = stripe;
+    s->next_all = fm_all_shards;
+    fm_store_ptr_release((void **)&fm_all_shards, s);
+    fm_shards_total++;
     return s;
 }
 
-/* Cold path: allocate chunk `c` of the calling thread's shard, from the heap
- * or the provider.  Safe without the GIL. */
-static double *fm_alloc_chunk(fm_shard *s, Py_ssize_t c) {
-    const fm_provider *provider = fm_provider_active;
-    double *chunk = provider != NULL ? provider->chunk(c) : (double *)fm_aligned_zalloc(FM_CHUNK_BYTES);
-    if (chunk == NULL) return NULL;
-    fm_store_ptr_release((void **)&s->chunks[c], chunk);
+/* Stripe `i`, created on first use.  Caller holds fm_lock; NULL on OOM. */
+static fm_shard *fm_stripe_locked(Py_ssize_t i) {
+    fm_shard *s = fm_stripes[i];
+    if (s == NULL) {
+        s = fm_new_shard_locked(1);
+        if (s != NULL) fm_store_ptr_release((void **)&fm_stripes[i], s);
+    }
+    return s;
+}
+
+/* Cold path: give the calling thread a ticket and a shard: a pooled
+ * exclusive shard, a new one while fewer than fm_exclusive_max exist, else
+ * the next stripe (round-robin).  NULL when out of memory.  Safe without the
+ * GIL. */
+static fm_ticket *fm_acquire_ticket(void) {
+    fm_ticket *t;
+    fm_shard *s = NULL;
+    int stripe = 0;
+    Py_ssize_t probe = 0;
+    fm_mutex_lock(&fm_lock);
+    if (fm_stripes == NULL) {   /* fm_configure never ran (the C harness): defaults */
+        fm_stripes = (fm_shard **)calloc((size_t)fm_stripe_max, sizeof(fm_shard *));
+        if (fm_stripes == NULL) { fm_mutex_unlock(&fm_lock); return NULL; }
+    }
+    if (fm_free_shards != NULL) {
+        s = fm_free_shards;
+        fm_free_shards = s->next_free;
+    } else if (fm_exclusive_total < fm_exclusive_max) {
+        s = fm_new_shard_locked(0);
+        if (s != NULL) fm_exclusive_total++;
+    } else {
+        stripe = 1;
+        probe = fm_stripe_next_probe;
+        fm_stripe_next_probe = (probe + 1) % fm_stripe_max;
+        s = fm_stripe_locked(probe);
+    }
+    if (s == NULL) { fm_mutex_unlock(&fm_lock); return NULL; }
+    t = fm_free_tickets;
+    if (t != NULL) {
+        fm_free_tickets = t->next_free;
+    } else {
+        t = (fm_ticket *)fm_aligned_zalloc(FM_CACHE_LINE);
+        if (t == NULL) {
+            if (!stripe) { s->next_free = fm_free_shards; fm_free_shards = s; }
+            fm_mutex_unlock(&fm_lock);
+            return NULL;
+        }
+        t->next_all = fm_all_tickets;
+        fm_store_ptr_release((void **)&fm_all_tickets, t);
+        fm_tickets_total++;
+    }
+    if (stripe) {
+        fm_stripe_threads++;
+    } else {
+        s->next_free = NULL;
+        s->in_use = 1;
+        fm_shards_live++;
+    }
+    t->shard = s;
+    t->stripe = stripe;
+    t->probe = probe;
+    t->next_free = NULL;
+    t->in_use = 1;
+    fm_tickets_live++;
+    fm_mutex_unlock(&fm_lock);
+    if (fm_tls_register(t) != 0) {
+        /* Thread-exit hook unavailable: keep the ticket (and shard) owned
+         * forever rather than risk two owners; counts stay correct, only
+         * pooling is lost. */
+    }
+    fm_tls_ticket = t;
+    return t;
+}
+
+static void fm_count_chunk(void) {
 #if defined(_MSC_VER) && !defined(__clang__)
     InterlockedIncrement64((volatile LONG64 *)&fm_chunks_total);
 #else
     __atomic_fetch_add(&fm_chunks_total, 1, __ATOMIC_RELAXED);
 #endif
+}
+
+/* Cold path: allocate chunk `c` of the calling thread's exclusive shard, from
+ * the heap or the provider.  Safe without the GIL. */
+static double *fm_alloc_chunk(fm_shard *s, Py_ssize_t c) {
+    const fm_provider *provider = fm_provider_active;
+    double *chunk = provider != NULL ? provider->chunk(c) : (double *)fm_aligned_zalloc(FM_CHUNK_BYTES);
+    if (chunk == NULL) return NULL;
+    fm_store_ptr_release((void **)&s->chunks[c], chunk);
+    fm_count_chunk();
     return chunk;
 }
 
-/* Hot path: add `amount` to the calling thread's partial sum of the slot that
- * `*slot_ref` names *now* (read inside the shard's seq bracket, so that a
- * concurrent reset's fm_quiesce() waits for this store).
+/* Cold path: chunk `c` of a stripe, allocated under fm_lock by whichever of
+ * its threads needs it first.  Safe without the GIL. */
+static double *fm_stripe_chunk(fm_shard *s, Py_ssize_t c) {
+    double *chunk;
+    fm_mutex_lock(&fm_lock);
+    chunk = s->chunks[c];
+    if (chunk == NULL) chunk = fm_alloc_chunk(s, c);
+    fm_mutex_unlock(&fm_lock);
+    return chunk;
+}
+
+/* An increment of a thread on a stripe: a CAS add; on contention the thread
+ * probes the next stripe for its later increments.  0 or -1 (no chunk). */
+static int fm_stripe_add(fm_ticket *t, Py_ssize_t slot, double amount) {
+    fm_shard *s = t->shard;
+    Py_ssize_t c = slot >> FM_CHUNK_BITS;
+    double *chunk = (double *)fm_load_ptr_acquire((void *const *)&s->chunks[c]);
+    if (FM_UNLIKELY(chunk == NULL)) chunk = fm_stripe_chunk(s, c);
+    if (FM_UNLIKELY(chunk == NULL)) return -1;
+    if (fm_cas_add_double(chunk + (slot & FM_CHUNK_MASK), amount) && fm_stripe_max > 1) {
+        Py_ssize_t probe = (t->probe + 1) % fm_stripe_max;
+        fm_shard *next = (fm_shard *)fm_load_ptr_acquire((void *const *)&fm_stripes[probe]);
+        if (next == NULL) {
+            fm_mutex_lock(&fm_lock);
+            next = fm_stripe_locked(probe);
+            fm_mutex_unlock(&fm_lock);
+        }
+        if (next != NULL) {
+            t->shard = next;
+            t->probe = probe;
+        }
+    }
+    return 0;
+}
+
+/* Hot path: add `amount` to the calling thread's shard's partial sum of the
+ * slot that `*slot_ref` names *now* (read inside the ticket's seq bracket, so
+ * that a concurrent reset's fm_quiesce() waits for this store).
  * 0; -1 out of memory (or the multiprocess file full); -2 no slot (`*slot_ref`
  * < 0, a labelled parent).  Safe without the GIL; not async-signal-safe. */
 static inline int fm_add(const Py_ssize_t *slot_ref, double amount) {
-    fm_shard *s = fm_tls_shard;
+    fm_ticket *t = fm_tls_ticket;
     double *chunk, *w;
     Py_ssize_t slot, seq;
     int rc = 0;
-    if (FM_UNLIKELY(s == NULL)) {
-        s = fm_acquire_shard();
-        if (s == NULL) return -1;
+    if (FM_UNLIKELY(t == NULL)) {
+        t = fm_acquire_ticket();
+        if (t == NULL) return -1;
     }
-    seq = s->seq;
-    fm_store_ssize(&s->seq, seq + 1);
+    seq = t->seq;
+    fm_store_ssize(&t->seq, seq + 1);
     if (FM_UNLIKELY(fm_writer_fence)) FM_FULL_FENCE();
     else FM_COMPILER_BARRIER();
     slot = fm_load_ssize(slot_ref);
     if (FM_UNLIKELY(slot < 0)) {
         rc = -2;
-    } else {
+    } else if (FM_LIKELY(!t->stripe)) {
+        fm_shard *s = t->shard;
         chunk = s->chunks[slot >> FM_CHUNK_BITS];   /* only this thread stores it */
         if (FM_UNLIKELY(chunk == NULL)) chunk = fm_alloc_chunk(s, slot >> FM_CHUNK_BITS);
         if (FM_UNLIKELY(chunk == NULL)) {
@@ -365,22 +543,25 @@ static inline int fm_add(const Py_ssize_t *slot_ref, double amount) {
             w = chunk + (slot & FM_CHUNK_MASK);
             fm_store_double(w, fm_load_double(w) + amount);
         }
+    } else {
+        rc = fm_stripe_add(t, slot, amount);
     }
-    fm_store_ssize_release(&s->seq, seq + 2);
+    fm_store_ssize_release(&t->seq, seq + 2);
     return rc;
 }
 
 /* Wait until every increment that may have read a slot index before this
  * call has stored its word: after it, an index swapped out before the call
  * is touched by no writer.  Lock-free; spins (yielding) only while another
- * thread is inside its few-instruction increment. */
+ * thread is inside its few-instruction increment.  O(tickets). */
 static void fm_quiesce(void) {
-    fm_shard *s;
+    fm_ticket *t;
+    fm_ticket *own = fm_tls_ticket;
     fm_heavy_barrier();
-    for (s = (fm_shard *)fm_load_ptr_acquire((void *const *)&fm_all_shards); s != NULL; s = s->next_all) {
-        Py_ssize_t seq = fm_load_ssize_acquire(&s->seq);
-        if (s == fm_tls_shard || !(seq & 1)) continue;
-        while (fm_load_ssize_acquire(&s->seq) == seq) fm_yield();
+    for (t = (fm_ticket *)fm_load_ptr_acquire((void *const *)&fm_all_tickets); t != NULL; t = t->next_all) {
+        Py_ssize_t seq = fm_load_ssize_acquire(&t->seq);
+        if (t == own || !(seq & 1)) continue;
+        while (fm_load_ssize_acquire(&t->seq) == seq) fm_yield();
     }
 }
 
@@ -553,6 +734,7 @@ static inline Py_ssize_t fm_word_get(Py_ssize_t slot) {
 
 typedef struct {
     Py_ssize_t shards_total, shards_live, chunks, slots_used, slots_free;
+    Py_ssize_t exclusive_max, stripes_max, stripes, threads_live, stripe_threads;
 } fm_stats_t;
 
 static fm_stats_t fm_stats(void) {
@@ -563,6 +745,11 @@ static fm_stats_t fm_stats(void) {
     st.shards_live = fm_shards_live;
     st.slots_used = fm_next_slot - fm_free_slots_len;
     st.slots_free = fm_free_slots_len;
+    st.exclusive_max = fm_exclusive_max;
+    st.stripes_max = fm_stripe_max;
+    st.stripes = fm_shards_total - fm_exclusive_total;
+    st.threads_live = fm_tickets_live;
+    st.stripe_threads = fm_stripe_threads;
     fm_mutex_unlock(&fm_lock);
     st.chunks = fm_load_ssize(&fm_chunks_total);
     return st;

@@ -91,8 +91,11 @@ def set_recorder(recorder: Optional[Recorder]) -> None:
 
 
 def shard_stats() -> Dict[str, int]:
-    """Shard-store counters: ``shards_total`` (ever created), ``shards_live`` (owned
-    by a running thread), ``chunks``, ``slots_used``, ``slots_free``."""
+    """Shard-store counters: ``shards_total`` (created: exclusive + stripes),
+    ``shards_live`` (exclusive ones owned by a running thread), ``chunks``,
+    ``slots_used``, ``slots_free``, the bounds ``exclusive_max`` and
+    ``stripes_max``, ``stripes`` (created), ``threads_live`` (threads holding
+    a ticket) and ``stripe_threads`` (those of them on a stripe)."""
     return stats()
 
 

@@ -5,18 +5,24 @@
  * nothing) and plainly at -O2 (a correctness run at full speed).
  *
  * All scenarios run at once, each on its own thread(s):
+ * The store is configured with EXCLUSIVE exclusive shards and STRIPES stripes,
+ * fewer than the threads that increment at once, so most writers (and the
+ * short-lived threads) share stripes (CAS adds) while others own a shard.
+ *
  *   writers       WRITERS threads adding fixed amounts to slots spread over
  *                 several chunks (first touches allocate chunks while the
  *                 reader folds them), counting their iterations: at least
  *                 writer_iters, and on until churn and slot_cycler finish;
  *   churn         rounds of CHURN_THREADS short-lived threads (create, a few
- *                 fm_add()s, exit, join): shards go back to the pool through
- *                 the pthread key destructor and are adopted with their counts;
+ *                 fm_add()s, exit, join): tickets and exclusive shards go back
+ *                 to their pools through the pthread key destructor and are
+ *                 adopted with their counts;
  *   slot_cycler   fm_slot_alloc() batches that cross chunk boundaries, enum
  *                 words, increments, fm_slot_free(): a recycled slot reads 0;
  *   enum_setter   fm_word_set() on one enum slot;
  *   resetter      reset() as the C core does it, on a slot every writer also
- *                 increments: swap the spare in, fm_quiesce(), harvest the
+ *                 increments (on stripes and exclusive shards alike): swap
+ *                 the spare in, fm_quiesce(), harvest the
  *                 old slot's fold, zero it; a spare must read 0 when it is
  *                 swapped in (no late store), and harvests + the final fold
  *                 must equal every increment made (none lost, none twice);
@@ -64,6 +70,8 @@ typedef ssize_t Py_ssize_t;
 #define STABLE_SLOTS 1200        /* allocated up front: chunks 0, 1 and 2 */
 #define CYCLE_BATCH 600          /* slots per slot_cycler batch: crosses chunks */
 #define NSTATES 5
+#define EXCLUSIVE 2              /* exclusive shards: fewer than the writing threads */
+#define STRIPES 2
 
 static long writer_iters = 100000;   /* per writer, at least: see writer() */
 static long churn_rounds = 150;
@@ -85,6 +93,7 @@ static int stop_reading = 0;   /* __atomic */
 static int stop_setting = 0;   /* __atomic */
 static long writer_done[WRITERS];       /* iterations each writer made */
 static double reader_last[N_READ];      /* the reader's last readings */
+static Py_ssize_t stripe_threads_seen = 0;  /* the reader's max of stats.stripe_threads */
 
 /* Final total of stable slot `which`, once every writer has been joined. */
 static double expected_total(int which) {
@@ -224,8 +233,10 @@ static void read_once(double last[N_READ]) {
         last[k] = v;
     }
     CHECK(fm_word_get(enum_slot) < NSTATES, "enum state %zd out of range", fm_word_get(enum_slot));
-    CHECK(st.shards_live >= 0 && st.shards_live <= st.shards_total, "stats: %zd live of %zd",
-          st.shards_live, st.shards_total);
+    CHECK(st.shards_live >= 0 && st.shards_live <= EXCLUSIVE, "stats: %zd exclusive shards live",
+          st.shards_live);
+    CHECK(st.shards_total <= EXCLUSIVE + STRIPES, "stats: %zd shards", st.shards_total);
+    if (st.stripe_threads > stripe_threads_seen) stripe_threads_seen = st.stripe_threads;
     readings++;
 }
 
@@ -259,6 +270,7 @@ int main(int argc, char **argv) {
     reset_rounds *= scale;
 
     CHECK(fm_init() == 0, "fm_init failed");
+    CHECK(fm_configure(EXCLUSIVE, STRIPES) == 0, "fm_configure failed");
     for (k = 0; k < STABLE_SLOTS; k++) {
         s = fm_slot_alloc();
         CHECK(s == k, "fresh slot %zd, expected %d", s, k);
@@ -302,12 +314,15 @@ int main(int argc, char **argv) {
     CHECK(fm_word_get(enum_slot) < NSTATES, "enum state out of range");
 
     /* Every writing thread has exited (their destructors ran before join
-     * returned): all shards are pooled, and there were never more than the
-     * peak of live writing threads (writers + a churn round + the cycler). */
+     * returned): all exclusive shards and tickets are pooled; there were
+     * never more shards than the bounds, and stripes were written. */
     st = fm_stats();
     CHECK(st.shards_live == 0, "%zd shards still live after every thread exited", st.shards_live);
-    CHECK(st.shards_total >= 1 && st.shards_total <= WRITERS + CHURN_THREADS + 1,
-          "%zd shards for at most %d live writing threads", st.shards_total, WRITERS + CHURN_THREADS + 1);
+    CHECK(st.threads_live == 0 && st.stripe_threads == 0, "%zd tickets (%zd on stripes) live after every "
+          "thread exited", st.threads_live, st.stripe_threads);
+    CHECK(st.shards_total == EXCLUSIVE + STRIPES, "%zd shards, expected %d exclusive + %d stripes",
+          st.shards_total, EXCLUSIVE, STRIPES);
+    CHECK(stripe_threads_seen >= 1, "no thread ever incremented on a stripe");
     CHECK(st.slots_used == STABLE_SLOTS, "slots_used %zd, expected %d", st.slots_used, STABLE_SLOTS);
     CHECK(st.chunks >= 3, "only %zd chunks", st.chunks);
 
@@ -322,13 +337,14 @@ int main(int argc, char **argv) {
     CHECK(fm_fold(slot_of[S_ONE]) == expected_total(S_ONE) + 1.0, "adopted shard lost counts");
     st = fm_stats();
     CHECK(st.shards_live == 1, "shards_live %zd after main's first increment", st.shards_live);
-    CHECK(st.shards_total <= WRITERS + CHURN_THREADS + 1, "main's shard was not pooled: %zd", st.shards_total);
+    CHECK(st.shards_total == EXCLUSIVE + STRIPES, "main's shard was not pooled: %zd", st.shards_total);
 
     printf("tsan_shards: OK in %.2f s (scale %ld: %d writers x >= %ld iterations (%ld in all), "
-           "%ld short-lived threads, %ld slot alloc/free, %ld resets, %ld readings, %zd shards, %zd chunks)\n",
+           "%ld short-lived threads, %ld slot alloc/free, %ld resets, %ld readings, %zd shards, %zd chunks, "
+           "up to %zd threads on stripes)\n",
            now_s() - t0, scale, WRITERS, writer_iters,
            all_iters,
            churn_rounds * CHURN_THREADS,
-           cycle_rounds * CYCLE_BATCH, reset_rounds, readings, st.shards_total, st.chunks);
+           cycle_rounds * CYCLE_BATCH, reset_rounds, readings, st.shards_total, st.chunks, stripe_threads_seen);
     return 0;
 }

@@ -135,3 +135,67 @@ def test_a_lock_that_is_a_directory_is_reported_and_the_scrape_served(mp):
     result = bounded(lambda: compact(str(mp.path)))
     assert result.ran is False and skipped_paths(result.skipped) == [str(lock)]
     assert len(fm_files(mp.path)) == 1 and "archive.fm" not in fm_files(mp.path)
+
+
+def test_a_new_collector_per_scrape_reparses_nothing(mp, monkeypatch):
+    """prometheus_client's per-request pattern: a fresh collector per scrape
+    reuses what earlier collectors of the directory parsed (files are
+    append-only): no record is walked and no metadata parsed again, and the
+    counts are today's; a directory recreated at the same path is read anew."""
+    from fastmetrics.multiprocess import _reader, _shared
+
+    _shared.forget_all()
+    mp.run("count", n=10, label="w")
+    expected = expected_count_totals({"w": 10})
+    _, text = scrape(mp.path, compact=False)
+    assert_counters(text, expected)
+    calls = {"walk": 0, "meta": 0}
+    real_walk, real_meta = _reader.Reader._walk, _reader._parse_meta
+
+    def walk(self, *args):
+        calls["walk"] += 1
+        return real_walk(self, *args)
+
+    def parse_meta(*args):
+        calls["meta"] += 1
+        return real_meta(*args)
+
+    monkeypatch.setattr(_reader.Reader, "_walk", walk)
+    monkeypatch.setattr(_reader, "_parse_meta", parse_meta)
+    for _ in range(3):
+        _, text = scrape(mp.path, compact=False)   # a new collector each time
+        assert_counters(text, expected)
+    assert calls == {"walk": 0, "meta": 0}
+    mp.run("count", n=5, label="w")   # a new file: walked once, counted
+    five = expected_count_totals({"w": 5})
+    expected = {key: value + five[key] for key, value in expected.items()}
+    _, text = scrape(mp.path, compact=False)
+    assert calls["walk"] == 1
+    assert_counters(text, expected)
+    _, text = scrape(mp.path)   # compaction reuses the parsed files too
+    assert_counters(text, expected)
+    assert fm_files(mp.path) == ["archive.fm"]
+    assert calls["walk"] == 2   # the new archive only
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_fork_child_scrapes_while_the_parent_holds_the_shared_reader(mp):
+    """The shared reader's lock is held by a parent's scrape at fork(): the
+    child's collectors do not wait for it (they start without shared readers)."""
+    import os
+
+    from fastmetrics.multiprocess import _shared
+
+    mp.run("count", n=3, label="w")
+    _, lock = _shared.reader_for(str(mp.path))
+    with lock:   # a scrape in progress in the parent
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _, text = bounded(lambda: scrape(mp.path, compact=False))
+                code = 0 if "mp_ops_total" in text else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

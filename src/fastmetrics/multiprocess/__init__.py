@@ -20,7 +20,9 @@ them into ``archive.fm`` and deletes them, so the directory stays as large as
 the number of live processes.  POSIX only (``fcntl.flock``).
 
 Modules, one job each: ``_format`` (the on-disk layout), ``_locks`` (the
-flocks and the liveness probe), ``_reader`` (one file), ``_fold`` (the fold
+flocks and the liveness probe), ``_reader`` (one file), ``_shared`` (the
+readers the collectors of a directory share), ``_reaper`` (closing released
+files off the request path), ``_fold`` (the fold
 shared by scrape and compaction), ``_directory`` (a directory's entries and
 the scrape's read), ``_compact``, ``_collector`` (exposition), ``_writer``
 (this process's file, the metadata recorder, :func:`enable`).

@@ -14,7 +14,7 @@ from prometheus_client.samples import Sample
 from ._compact import compact
 from ._directory import ENUM_MODES, ENV_DIR, Skipped, Snapshot, read_directory
 from ._locks import HAVE_FLOCK
-from ._reader import Reader
+from ._shared import reader_for
 
 log = logging.getLogger(__package__)
 
@@ -33,7 +33,11 @@ class MultiProcessCollector(Collector):
     exposed per live process with a ``pid`` label (``enum_mode="pid"``), or as
     the state set most recently in any process (``"mostrecent"``, by wall
     clock, exited processes included).  Unless ``compact=False``, each scrape
-    first folds the files of exited processes into the archive.  Whatever the
+    first folds the files of exited processes into the archive, reusing what
+    earlier scrapes parsed of them (only their counts are read again).
+    Collectors of one directory share what they parsed (:mod:`._shared`), so
+    a new collector per request (prometheus_client's pattern) re-parses
+    nothing that a previous scrape already read.  Whatever the
     directory holds, a scrape does not raise: what cannot be read (invalid
     files, single invalid series, copies, entries that are not regular files,
     a lock that cannot be taken) is skipped, logged once, and listed in
@@ -53,21 +57,21 @@ class MultiProcessCollector(Collector):
         self._enum_mode = enum_mode
         self._compact = compact
         self._reported: Set[Tuple[str, str]] = set()
-        self._reader = Reader()
-        self._lock = threading.Lock()   # one scrape at a time uses the reader
+        self._lock = threading.Lock()   # one scrape at a time updates skipped / _reported
         self.skipped: Skipped = []
         if registry:
             registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
+        reader, reader_lock = reader_for(self._path)
+        with self._lock, reader_lock:
             skipped: Skipped = []
             if self._compact:
                 try:
-                    skipped += compact(self._path, blocking=False).skipped
+                    skipped += compact(self._path, blocking=False, reader=reader).skipped
                 except OSError as e:   # e.g. a read-only directory: still serve what is there
                     skipped.append((self._path, f"compaction failed: {e}"))
-            snapshot = read_directory(self._path, self._enum_mode, self._reader)
+            snapshot = read_directory(self._path, self._enum_mode, reader)
             self.skipped = list(dict.fromkeys(skipped + snapshot.skipped))   # both may report a copy
             for item in self.skipped:
                 if item not in self._reported:

@@ -10,6 +10,7 @@ import time
 from typing import Dict, List, NamedTuple, Optional, Set
 
 from . import _format as fmt
+from . import _reaper
 from ._directory import Skipped, copy_reason, directory_from, expect_kind, one_per_uid, process_files, read_archive
 from ._fold import fold, series_metas
 from ._format import EnumValue, Meta, SeriesKey
@@ -26,7 +27,7 @@ class CompactionResult(NamedTuple):
     ran: bool                        # False when another process was compacting, or the lock failed
 
 
-def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionResult:
+def compact(path: Optional[str] = None, *, blocking: bool = True, reader: Optional[Reader] = None) -> CompactionResult:
     """Fold the files of exited processes into ``archive.fm`` and delete them.
 
     Crash-safe: the new archive (which lists the uids it absorbed) replaces the
@@ -39,6 +40,9 @@ def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionR
     ``skipped``.  With ``blocking=False`` it returns at once (``ran=False``)
     if another process is compacting.  ``path`` defaults to
     ``$FASTMETRICS_MULTIPROC_DIR`` (ValueError if neither is set).
+    ``reader`` (the caller's, not used by another thread meanwhile) reuses
+    what it already parsed of the files, and the descriptors of the folded
+    files are then closed off the caller's path (:mod:`._reaper`).
     ``OSError`` if the archive cannot be written.
     """
     path = directory_from(path)
@@ -49,18 +53,23 @@ def compact(path: Optional[str] = None, *, blocking: bool = True) -> CompactionR
                 skipped.append((lock.path, lock.problem))
             return CompactionResult(0, 0, skipped, False)
         names = process_files(path)
-        reader = Reader()
+        own_reader = reader is None
+        file_reader = Reader() if reader is None else reader
         locks: List[int] = []   # descriptors holding exited files' locks until they are deleted
         try:
-            entries = _survey(path, names, reader, locks, skipped)
+            entries = _survey(path, names, file_reader, locks, skipped)
             _remove_stale_temps(path)
             if not any(entry.parsed is not None for entry in entries):
                 return CompactionResult(0, 0, skipped, True)
             return _fold_into_archive(path, names, entries, skipped)
         finally:
-            reader.close()
+            if own_reader:
+                file_reader.close()
             for fd in locks:
-                os.close(fd)
+                if own_reader:
+                    os.close(fd)
+                else:   # a scrape's: the last close of a deleted file frees it, off the request path
+                    _reaper.release(fd)
 
 
 class _Entry(NamedTuple):
@@ -100,7 +109,9 @@ def _survey(path: str, names: List[str], reader: Reader, locks: List[int], skipp
             continue
         locks.append(fd)
         try:
-            pf = expect_kind(reader.read_open(file_path, fd, st), archive=False)
+            # map_fd=False: a kept mapping of fd would hold its lock after the
+            # fold (a file that could not be deleted would look alive)
+            pf = expect_kind(reader.read_open(file_path, fd, st, map_fd=False), archive=False)
         except CorruptFile as e:
             _set_aside(file_path, str(e), skipped)
             continue

@@ -20,6 +20,7 @@ from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
 from prometheus_client.metrics_core import Metric
 
 from . import _format as fmt
+from . import _reaper
 from ._format import EnumValue, Header, Meta, SeriesKey
 from ._locks import owner_alive
 
@@ -283,11 +284,15 @@ class Reader:
         self._max_mapped = _descriptor_budget()
 
     def sweep(self) -> None:
-        """Forget (and unmap) the files not read since the previous sweep."""
+        """Forget the files not read since the previous sweep, and unmap them
+        off the request path (:mod:`._reaper`: they were most likely deleted
+        by a compaction, and the last mapping of a deleted file is what pays
+        for freeing it)."""
         for key in [key for key in self._layouts if key not in self._touched]:
             del self._layouts[key]
         for key in [key for key in self._mapped if key not in self._touched]:
-            self._unmap(key)
+            mapped = self._mapped.pop(key)
+            _reaper.release(mapped[0])
         self._touched.clear()
 
     def close(self) -> None:
@@ -311,14 +316,17 @@ class Reader:
         finally:
             os.close(fd)
 
-    def read_open(self, path: str, fd: int, st: os.stat_result) -> ParsedFile:
+    def read_open(self, path: str, fd: int, st: os.stat_result, map_fd: bool = True) -> ParsedFile:
         """:meth:`read` of a file the caller opened with :func:`open_entry`
-        (``st`` its fstat), e.g. to hold a lock on it while reading."""
+        (``st`` its fstat), e.g. to hold a lock on it while reading.  With
+        ``map_fd=False`` no mapping of ``fd`` outlives the call (a kept
+        mapping would keep ``fd``'s lock after the caller closes it); one kept
+        from an earlier read is still used."""
         if st.st_size < fmt.HDR_SIZE:
             raise CorruptFile(f"truncated: {st.st_size} bytes, shorter than the header")
         key = (path, st.st_dev, st.st_ino)
         self._touched.add(key)
-        mm, keep = self._mapping(key, fd, st.st_size)
+        mm, keep = self._mapping(key, fd, st.st_size, map_fd)
         try:
             return self._parse(key, mm, st.st_size)
         except CorruptFile:
@@ -329,17 +337,18 @@ class Reader:
             if not keep:
                 mm.close()
 
-    def _mapping(self, key: _FileKey, fd: int, size: int) -> Tuple[mmap.mmap, bool]:
+    def _mapping(self, key: _FileKey, fd: int, size: int, keep_new: bool = True) -> Tuple[mmap.mmap, bool]:
         """A read-only mapping of ``size`` bytes of the file, and whether it
         is kept (else the caller closes it): the one kept from an earlier read
-        when the size is the same, else a new one, kept within the budget."""
+        when the size is the same, else a new one, kept within the budget
+        (and only if ``keep_new``)."""
         mapped = self._mapped.get(key)
         if mapped is not None and mapped[1] == size:
             return mapped[0], True
         self._unmap(key)
         mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         no_readahead(mm)
-        keep = len(self._mapped) < self._max_mapped
+        keep = keep_new and len(self._mapped) < self._max_mapped
         if keep:
             self._mapped[key] = (mm, size)
         return mm, keep

@@ -7,6 +7,10 @@ Contract:
 * pycti's handler is ``--pycti FILE`` or the installed ``pycti``'s
   ``connector/opencti_metric_handler.py``, loaded from that file alone;
   without it the pycti column says so.
+* ``--threads-table`` also measures scrape and memory with T threads x S
+  series against prometheus_client (:mod:`.scaling`, worker subprocesses,
+  minutes) and prints that table after the report; ``--update-docs`` turns
+  it on when a file has a ``<!-- bench:threads -->`` block.
 * ``--update-docs FILE...`` also rewrites the ``<!-- bench:NAME -->`` blocks
   of those Markdown files from this run (:mod:`.docs`), all or none.  The
   files are checked before anything is measured, and the run must have the
@@ -36,10 +40,21 @@ from typing import Any, Dict, List, Optional, Sequence
 from ... import __version__, implementation
 from .._args import number
 from . import PROG
-from .docs import BENCH_BLOCKS, BENCH_PREFIX, MarkerError, MissingCase, Run, check_file, render, update_file
+from .docs import (
+    BENCH_BLOCKS,
+    BENCH_PREFIX,
+    THREADS_BLOCK,
+    MarkerError,
+    MissingCase,
+    Run,
+    check_file,
+    render,
+    update_file,
+)
 from .ops import cli_ops
 from .report import document, environment, plot, summarize, text, thread_scaling
 from .run import DEFAULT, QUICK, run_cases
+from .scaling import TABLE_SERIES, TABLE_THREADS, Cell, markdown_table, measure_cell
 from .subjects import (
     FM_C,
     PYCTI_NOT_INSTALLED,
@@ -72,6 +87,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--pycti", metavar="FILE",
                         help="pycti's connector/opencti_metric_handler.py (default: the installed pycti's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-round shuffle (default: %(default)s)")
+    parser.add_argument("--threads-table", action="store_true",
+                        help="also measure scrape and memory with T threads x S series against prometheus_client "
+                             f"(T in {', '.join(map(str, TABLE_THREADS))}; S in "
+                             f"{', '.join(map(str, TABLE_SERIES))}; worker subprocesses, minutes)")
     parser.add_argument("--update-docs", nargs="+", metavar="FILE.md",
                         help="also rewrite the <!-- bench:NAME --> ... <!-- /bench:NAME --> blocks of these "
                              f"Markdown files (NAME: {', '.join(BENCH_BLOCKS)}) with this run's tables and "
@@ -92,12 +111,14 @@ def _pycti(parser: argparse.ArgumentParser, path: Optional[str]) -> Optional[Mod
 
 
 def _check_docs(parser: argparse.ArgumentParser, paths: Sequence[str], subjects: Subjects,
-                pycti_path: Optional[str]) -> None:
+                pycti_path: Optional[str]) -> bool:
     """Before measuring: every ``--update-docs`` file has valid bench blocks,
-    and the run will have what they compare (``parser.error`` otherwise)."""
+    and the run will have what they compare (``parser.error`` otherwise).
+    True if one of them has the threads block."""
+    names: List[str] = []
     for path in paths:
         try:
-            check_file(path)
+            names += check_file(path)
         except (MarkerError, OSError) as exc:
             parser.error(f"argument --update-docs: {exc}")
     if subjects.pycti_module is None:
@@ -109,6 +130,17 @@ def _check_docs(parser: argparse.ArgumentParser, paths: Sequence[str], subjects:
     except Unavailable as exc:
         parser.error(f"argument --update-docs: the docs show the Cython core, which this run cannot measure: "
                      f"{exc}")
+    return THREADS_BLOCK in names
+
+
+def _threads_table(stderr: Any) -> List[Cell]:
+    """Every (T, S) cell of the threads table, in fresh worker subprocesses."""
+    cells = []
+    for series in TABLE_SERIES:
+        for threads in TABLE_THREADS:
+            print(f"{PROG}: threads table: T={threads} S={series}", file=stderr, flush=True)
+            cells.append(measure_cell(threads, series))
+    return cells
 
 
 def _load_average() -> Optional[float]:
@@ -142,8 +174,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     pycti_module = _pycti(parser, pycti_path)
     subjects = Subjects(pycti_module=pycti_module)
     docs: List[str] = args.update_docs or []
+    want_table: bool = args.threads_table
     if docs:
-        _check_docs(parser, docs, subjects, pycti_path)
+        want_table = _check_docs(parser, docs, subjects, pycti_path) or want_table
     ops = cli_ops()
     started: Dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -152,6 +185,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         cases, missing = run_cases(ops, subjects, settings, sys.stderr, seed=args.seed)
+        table = _threads_table(sys.stderr) if want_table else None
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -162,8 +196,15 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                prometheus_client=_version("prometheus_client"),
                pycti_version=pycti_version(pycti_path) if pycti_module is not None and pycti_path else None)
     report = text(env, rows, scaling, missing, pycti_module is not None)
+    if table is not None:
+        report += ("\nScrape and memory with T threads x S series (fastmetrics vs prometheus_client):\n"
+                   + "\n".join(markdown_table(table)) + "\n")
     if args.json:
-        json.dump(document(env, rows, scaling, missing), sys.stdout, indent=2)
+        doc = document(env, rows, scaling, missing)
+        if table is not None:
+            doc["threads_table"] = [dict(dataclasses.asdict(cell), scrape_ratio=cell.scrape_ratio,
+                                         memory_ratio=cell.memory_ratio) for cell in table]
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(report)
@@ -172,7 +213,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                               f"{env['date']}\nmedian ns/op of {env['rounds']} interleaved rounds")
         print(f"{PROG}: wrote {args.plot}", file=sys.stderr)
     if docs:
-        the_run = Run(rows, scaling, report, command_line(getattr(args, "argv", sys.argv[1:])), env, args.plot)
+        the_run = Run(rows, scaling, report, command_line(getattr(args, "argv", sys.argv[1:])), env, args.plot,
+                      table)
         try:
             blocks = render(the_run)
             for path in docs:  # every file checked again before the first is written

@@ -14,8 +14,10 @@ Contract:
 * :func:`render` makes the ``bench`` blocks (:data:`BENCH_BLOCKS`) from one
   run's rows, with :func:`provenance` (date, interpreter, machine, load,
   versions, the command line) in each: ``headline`` (the README's first
-  table), ``handler`` (the OpenCTI handler against pycti's) and ``results``
-  (the report exactly as the run printed it).  Numbers are the run's own,
+  table), ``handler`` (the OpenCTI handler against pycti's), ``results``
+  (the report exactly as the run printed it) and ``threads`` (scrape and
+  memory with T threads x S series against prometheus_client,
+  :mod:`.scaling`; present only when the run measured that table).  Numbers are the run's own,
   formatted as its table formats them (:func:`.report.fmt_ns`,
   :func:`.report.fmt_x`), in tables made by :func:`.report.format_table`.
 """
@@ -29,11 +31,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .report import fmt_ns, fmt_x, format_table
+from .scaling import Cell, markdown_table
 from .subjects import FM_C, FLOOR, PROM, PYCTI
 
 #: The ``<!-- bench:NAME -->`` blocks ``fastmetrics bench --update-docs`` fills.
 BENCH_PREFIX = "bench"
-BENCH_BLOCKS: Tuple[str, ...] = ("headline", "handler", "results")
+BENCH_BLOCKS: Tuple[str, ...] = ("headline", "handler", "results", "threads")
+#: The block that needs the threads table (``--threads-table``).
+THREADS_BLOCK = "threads"
 
 _MARKER = re.compile(r"^[ \t]*<!--[ \t]*(?P<end>/?)(?P<prefix>[A-Za-z0-9_-]+):(?P<name>[A-Za-z0-9_-]+)"
                      r"[ \t]*-->[ \t\r]*$")
@@ -209,6 +214,7 @@ class Run:
     command: str
     env: Mapping[str, Any]
     plot: Optional[str] = None
+    threads_table: Optional[Sequence[Cell]] = None   # measured only with --threads-table
 
 
 def provenance(run: Run) -> str:
@@ -345,8 +351,29 @@ def portable(text: str) -> str:
     return _SITE_PACKAGES.sub("<site-packages>/", text)
 
 
+def threads(run: Run) -> str:
+    """docs/benchmarks.md's T x S table (:func:`.scaling.markdown_table`) and
+    the provenance."""
+    if run.threads_table is None:
+        raise MissingCase("the run did not measure the threads table (--threads-table)")
+    return "\n".join([
+        *markdown_table(run.threads_table),
+        "",
+        "Each cell: one Counter with S labelled children, each incremented once by each of T parked "
+        "threads; scrape = median `generate_latest` time of each library's registry in one worker process "
+        "holding both (alternating); RSS added = resident set size after the T threads incremented minus "
+        "before they started, in a fresh worker per library; shards = fastmetrics' shards (exclusive + "
+        "stripes) in the scrape worker.",
+        "",
+        provenance(run),
+    ]) + "\n"
+
+
 def render(run: Run) -> Dict[str, str]:
     """Every bench block's content for ``run`` (:class:`MissingCase` if the
-    run lacks a case a block needs), with installed paths made portable."""
+    run lacks a case a block needs), with installed paths made portable; the
+    ``threads`` block only when the run measured its table."""
     blocks = {"headline": headline(run), "handler": handler(run), "results": results(run)}
+    if run.threads_table is not None:
+        blocks[THREADS_BLOCK] = threads(run)
     return {name: portable(content) for name, content in blocks.items()}
