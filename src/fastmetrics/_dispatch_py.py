@@ -68,3 +68,12 @@ class Dispatcher(_DispatcherBase):
                 enum._set(state)
                 return
         self._state_miss(state, name)
+
+
+def bind_hot_methods(handler_class: type) -> None:
+    """The C twin binds ``inc``/``state`` as method descriptors of the handler
+    class so CPython specialises their calls; Python methods are specialised
+    as they are, so here this only checks the class (``TypeError`` unless a
+    subclass of Dispatcher)."""
+    if not (isinstance(handler_class, type) and issubclass(handler_class, Dispatcher)):
+        raise TypeError("handler_class must be a subclass of Dispatcher")

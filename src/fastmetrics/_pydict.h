@@ -26,4 +26,17 @@ static PyObject *fm_dict_get(PyObject *d, PyObject *key) {
 #endif
 }
 
+/* Empty the `cdef dict __dict__` slot of a new object (from __cinit__).
+ * Cython's tp_new fills it with a new empty dict, but CPython 3.12+ only
+ * specialises a method call on an object whose type has tp_dictoffset > 0
+ * when that slot is NULL (LOAD_ATTR_METHOD_LAZY_DICT).  Generic setattr
+ * and the __dict__ getter recreate it on demand. */
+static void fm_drop_instance_dict(PyObject *o) {
+    Py_ssize_t offset = Py_TYPE(o)->tp_dictoffset;
+    if (offset > 0) {
+        PyObject **slot = (PyObject **)((char *)o + offset);
+        Py_CLEAR(*slot);
+    }
+}
+
 #endif /* FASTMETRICS_PYDICT_H */
