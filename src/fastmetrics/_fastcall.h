@@ -35,13 +35,16 @@ static int fm_bind_method(PyObject *type, PyMethodDef *def) {
     PyTypeObject *tp = (PyTypeObject *)type;
     PyObject *descr = PyDescr_NewMethod(tp, def);
     if (descr == NULL) return -1;
+    int immutable = !PyType_HasFeature(tp, Py_TPFLAGS_HEAPTYPE);
 #ifdef Py_TPFLAGS_IMMUTABLETYPE
-    if (PyType_HasFeature(tp, Py_TPFLAGS_IMMUTABLETYPE)) {
+    immutable = immutable || PyType_HasFeature(tp, Py_TPFLAGS_IMMUTABLETYPE);
+#endif
+    if (immutable) {
         rc = PyDict_SetItemString(tp->tp_dict, def->ml_name, descr);
         if (rc == 0) PyType_Modified(tp);
-    } else
-#endif
-    rc = PyObject_SetAttrString(type, def->ml_name, descr);
+    } else {
+        rc = PyObject_SetAttrString(type, def->ml_name, descr);
+    }
     Py_DECREF(descr);
     return rc;
 }

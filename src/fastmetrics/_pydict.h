@@ -29,14 +29,21 @@ static PyObject *fm_dict_get(PyObject *d, PyObject *key) {
 /* Empty the `cdef dict __dict__` slot of a new object (from __cinit__).
  * Cython's tp_new fills it with a new empty dict, but CPython 3.12+ only
  * specialises a method call on an object whose type has tp_dictoffset > 0
- * when that slot is NULL (LOAD_ATTR_METHOD_LAZY_DICT).  Generic setattr
- * and the __dict__ getter recreate it on demand. */
+ * when that slot is NULL (LOAD_ATTR_METHOD_LAZY_DICT).  3.11 is the
+ * opposite: LOAD_METHOD_WITH_DICT needs the dict to exist, so it is kept
+ * there.  Before 3.11 nothing is specialised and the slot is emptied (one
+ * dict less per metric).  Generic setattr and the __dict__ getter recreate
+ * it on demand. */
 static void fm_drop_instance_dict(PyObject *o) {
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
     Py_ssize_t offset = Py_TYPE(o)->tp_dictoffset;
     if (offset > 0) {
         PyObject **slot = (PyObject **)((char *)o + offset);
         Py_CLEAR(*slot);
     }
+#else
+    (void)o;
+#endif
 }
 
 #endif /* FASTMETRICS_PYDICT_H */
