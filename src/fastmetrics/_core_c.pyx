@@ -38,6 +38,7 @@ cdef extern from "_shards.h":
 cdef extern from "_pydict.h":
     object fm_dict_get(object d, object key)
     void fm_drop_instance_dict(object o)
+    object fm_instance_dict(object o)
 
 
 cdef extern from "_fastcall.h":
@@ -148,6 +149,11 @@ cdef class MetricCore:
         if self._single_map is not None:
             self._single_map.clear()
         self._metrics_map.clear()
+
+    def _instance_dict(self):
+        """The instance dict (attributes set beyond the slots), or None while
+        there is none: unlike ``__dict__``, never creates it."""
+        return fm_instance_dict(self)
 
     def _share_children(self, MetricCore other):
         """Make ``other`` (a new object) share this parent's children, as a
@@ -280,15 +286,20 @@ cdef class CounterCore(MetricCore):
     def _share_value(self, CounterCore other):
         """Make ``other`` (a new counter of this class) count into this one's
         value and share its children: ``copy.copy`` as prometheus_client's
-        metrics give it.  The slot is then owned by a :class:`SharedSlot`
-        and freed with the last of them; a later ``reset()`` of either moves
-        only that one to a new slot, as upstream gives it a new value.
-        Callers hold the children lock (it serialises against reset)."""
+        metrics give it (one value object).  The slot is then owned by a
+        :class:`SharedSlot` and freed with the last of them; ``reset()`` of
+        any moves all of them to the zeroed spare.  Callers hold the
+        children lock (it serialises against reset)."""
+        cdef SharedSlot owner
         self._share_children(other)
         if self._slot >= 0:
             if self._slot_owner is None:
-                self._slot_owner = SharedSlot(self._slot)
-            other._slot_owner = self._slot_owner
+                owner = SharedSlot(self._slot)
+                owner.members.append(_weakref(self))
+                self._slot_owner = owner
+            owner = <SharedSlot>self._slot_owner
+            owner.members.append(_weakref(other))
+            other._slot_owner = owner
             other._slot = self._slot
 
     def _init_value(self):
@@ -334,13 +345,14 @@ cdef class CounterCore(MetricCore):
         however often it runs.  Callers serialise resets of one counter and
         call ``_spare_slot`` first."""
         cdef Py_ssize_t old
+        cdef CounterCore member
         if fm_load_ssize(&self._slot) < 0 or self._spare < 0:
             return
         old = fm_exchange_ssize(&self._slot, self._spare)
-        if self._slot_owner is not None:   # copies keep the old slot (and its count)
-            self._slot_owner = None
-            self._spare = -1
-            return
+        if self._slot_owner is not None:   # copies share the value: all move, as upstream's share one
+            (<SharedSlot>self._slot_owner).slot = self._spare
+            for member in (<SharedSlot>self._slot_owner).live():
+                fm_store_ssize(&member._slot, self._spare)
         with nogil:
             fm_quiesce()
             fm_slot_zero(old)
@@ -378,16 +390,29 @@ fm_inc_impl = _inc_impl
 
 
 cdef class SharedSlot:
-    """Owns a slot that a metric shares with its copies (``copy.copy``) and
-    frees it when the last of them is gone (lock-free, as a metric's own)."""
+    """Owns the slot that a metric shares with its copies (``copy.copy``):
+    ``members`` are weak references to them; a counter's ``reset()`` moves
+    them all to the new slot.  Frees the slot when the last of them is gone
+    (lock-free, as a metric's own)."""
 
     cdef Py_ssize_t slot
+    cdef list members
 
     def __cinit__(self, Py_ssize_t slot):
         self.slot = slot
+        self.members = []
 
     def __dealloc__(self):
         fm_slot_free(self.slot)
+
+    cdef list live(self):
+        """The members still alive (dead references pruned); children lock held."""
+        alive = [m for m in (ref() for ref in self.members) if m is not None]
+        self.members = [_weakref(m) for m in alive]
+        return alive
+
+
+from weakref import ref as _weakref
 
 
 cdef Py_ssize_t _new_slot() except -1:

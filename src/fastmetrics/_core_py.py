@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, cast
 
@@ -306,6 +307,10 @@ class MetricCore(_MetricBase):
             self._single_map.clear()
         cast("Dict[Tuple[str, ...], Any]", self._metrics_map).clear()
 
+    def _instance_dict(self) -> Optional[Dict[str, Any]]:
+        """The instance dict (this twin keeps its fields there too)."""
+        return self.__dict__
+
     def _share_children(self, other: MetricCore) -> None:
         """Make ``other`` share this parent's children (``copy.copy``)."""
         other._metrics_map = self._metrics_map
@@ -352,16 +357,24 @@ def _bracketed_add(shard: _Shard, counter: CounterCore, amount: float) -> None:
 
 
 class SharedSlot:
-    """Owns a slot that a metric shares with its copies (``copy.copy``) and
-    frees it when the last of them is gone."""
+    """Owns the slot that a metric shares with its copies (``copy.copy``):
+    ``members`` are weak references to them, which a counter's ``reset()``
+    moves to the new slot.  Frees the slot when the last of them is gone."""
 
-    __slots__ = ("slot",)
+    __slots__ = ("members", "slot")
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
+        self.members: List[Any] = []
 
     def __del__(self) -> None:
         _slot_free(self.slot)
+
+    def live(self) -> List[Any]:
+        """The members still alive (dead references pruned); children lock held."""
+        alive = [m for m in (ref() for ref in self.members) if m is not None]
+        self.members = [weakref.ref(m) for m in alive]
+        return alive
 
 
 class CounterCore(_CounterBase):
@@ -388,6 +401,8 @@ class CounterCore(_CounterBase):
         if self._slot >= 0:
             if self._slot_owner is None:
                 self._slot_owner = SharedSlot(self._slot)
+                self._slot_owner.members.append(weakref.ref(self))
+            self._slot_owner.members.append(weakref.ref(other))
             other._slot_owner = self._slot_owner
             other._slot = self._slot
 
@@ -444,10 +459,10 @@ class CounterCore(_CounterBase):
         if self._slot < 0 or self._spare < 0:
             return
         old, self._slot = self._slot, self._spare
-        if self._slot_owner is not None:   # copies keep the old slot (and its count)
-            self._slot_owner = None
-            self._spare = -1
-            return
+        if self._slot_owner is not None:   # copies share the value: all move, as upstream's share one
+            self._slot_owner.slot = self._spare
+            for member in self._slot_owner.live():
+                member._slot = self._spare
         _quiesce()
         _slot_zero(old)
         self._spare = old

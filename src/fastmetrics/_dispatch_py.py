@@ -24,14 +24,15 @@ class Dispatcher(_DispatcherBase):
     _counter_map: Optional[Dict[str, CounterCore]] = None
     _enum_map: Optional[Dict[str, EnumCore]] = None
     _on = False
+    _activated: Any = False
 
     @property
     def activated(self) -> Any:
-        return self.__dict__.get("activated", False)
+        return self._activated
 
     @activated.setter
     def activated(self, value: Any) -> None:
-        self.__dict__["activated"] = value
+        self._activated = value
         self._on = bool(value)
 
     def _set_dispatch(self, counters: Mapping[str, CounterCore], enums: Mapping[str, EnumCore]) -> None:

@@ -46,4 +46,15 @@ static void fm_drop_instance_dict(PyObject *o) {
 #endif
 }
 
+/* New reference to o's instance dict, or to None while it does not exist
+ * (reading __dict__ would create it). */
+static PyObject *fm_instance_dict(PyObject *o) {
+    Py_ssize_t offset = Py_TYPE(o)->tp_dictoffset;
+    PyObject *d = NULL;
+    if (offset > 0) d = *(PyObject **)((char *)o + offset);
+    if (d == NULL) d = Py_None;
+    Py_INCREF(d);
+    return d;
+}
+
 #endif /* FASTMETRICS_PYDICT_H */

@@ -114,6 +114,7 @@ class _MetricWrapper(_WrapperBase):
         def _child_removed(self, key: Tuple[str, ...]) -> None: ...
         def _children_cleared(self) -> None: ...
         def _share_value(self, other: Any) -> None: ...
+        def _instance_dict(self) -> Optional[Dict[str, Any]]: ...
         @property
         def _metrics(self) -> Dict[Tuple[str, ...], Any]: ...
 
@@ -194,12 +195,12 @@ class _MetricWrapper(_WrapperBase):
 
     def __copy__(self: T) -> T:
         """``copy.copy``: as prometheus_client's shallow copy, a metric that
-        counts into the same value and shares the children (a counter's
-        ``reset()`` then moves only the one reset to a new value), not
-        registered.  An enum copy shares the state too (see README)."""
+        counts into the same value (``reset()`` of either resets both) and
+        shares the children, not registered.  An enum copy shares the state
+        too (upstream's has its own; see README)."""
         cls = type(self)
         new: T = cls.__new__(cls)
-        state = getattr(self, "__dict__", None)   # the twin's fields, or attributes users set
+        state = self._instance_dict()   # the twin's fields, or attributes users set
         if state:
             new.__dict__.update(state)
         for klass in cls.__mro__:
@@ -212,10 +213,7 @@ class _MetricWrapper(_WrapperBase):
 
     def _no_value(self) -> AttributeError:
         """prometheus_client's error for ``_value`` of a labelled parent (it has none)."""
-        error = AttributeError(f"'{type(self).__name__}' object has no attribute '_value'")
-        if sys.version_info >= (3, 10):
-            error.name, error.obj = "_value", self
-        return error
+        return upstream_attribute_error(self, "_value")
 
     def __repr__(self) -> str:
         metric_type = type(self)
@@ -505,10 +503,28 @@ _COUNTER_SLOTS = (*_WRAPPER_SLOTS, "_exemplar", "_created")
 _ENUM_SLOTS = (*_WRAPPER_SLOTS, "_states")
 
 
+_HEAPTYPE = 1 << 9   # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+
+
 def slots_for(base: type, names: Tuple[str, ...]) -> Tuple[str, ...]:
-    """``names``, plus ``__weakref__`` when ``base`` has no weakref slot (the
-    C cores): weak references work as on prometheus_client's metrics."""
-    return names if base.__weakrefoffset__ else (*names, "__weakref__")
+    """The ``__slots__`` of a public class over the core class ``base``:
+    ``names`` and ``__weakref__`` (weak references work as on
+    prometheus_client's metrics) over a C core; none over a twin, whose
+    fields live in the instance dict anyway (slots would only cost it
+    CPython 3.13's inline values)."""
+    if base.__flags__ & _HEAPTYPE:
+        return ()
+    return (*names, "__weakref__")
+
+
+def upstream_attribute_error(obj: object, name: str) -> AttributeError:
+    """The ``AttributeError`` CPython raises for a missing attribute of an
+    ordinary object (prometheus_client's and pycti's), with ``name``/``obj``
+    set where the interpreter has them (3.10+)."""
+    error = AttributeError(f"'{type(obj).__name__}' object has no attribute '{name}'")
+    if sys.version_info >= (3, 10):
+        error.name, error.obj = name, obj
+    return error
 
 _classes: Dict[str, Tuple[type, type]] = {}
 _classes_lock = threading.Lock()

@@ -76,7 +76,20 @@ class _HandlerAPI(_HandlerBase):
 
     _counter_class: Type[metrics.Counter]
     _enum_class: Type[metrics.Enum]
-    _metrics: Dict[str, Any]   # pycti's: connectors may add their own metrics
+    _metrics_dict: Dict[str, Any]
+
+    @property
+    def _metrics(self) -> Dict[str, Any]:
+        """pycti's ``_metrics`` (connectors may add their own metrics); set only
+        when activated, else pycti's ``AttributeError``."""
+        try:
+            return self._metrics_dict
+        except AttributeError:
+            raise metrics.upstream_attribute_error(self, "_metrics") from None
+
+    @_metrics.setter
+    def _metrics(self, value: Dict[str, Any]) -> None:
+        self._metrics_dict = value
 
     if TYPE_CHECKING:   # supplied by the core base class (fastmetrics._dispatch_py.Dispatcher is the contract)
         activated: Any
@@ -191,7 +204,7 @@ def handler_class_for(core: ModuleType) -> type:
                 # Every attribute pycti's handler has, in a slot: the core's
                 # instance dict stays empty, so CPython 3.12+ specialises
                 # ``handler.inc`` (see fastmetrics._core_c.pxd).
-                __slots__ = metrics.slots_for(dispatcher, ("connector_logger", "_metrics"))
+                __slots__ = metrics.slots_for(dispatcher, ("connector_logger", "_metrics_dict"))
                 __doc__ = _HANDLER_DOC
                 __module__ = __name__
                 __qualname__ = "OpenCTIMetricHandler"
