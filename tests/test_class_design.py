@@ -170,7 +170,7 @@ def test_labelled_parent_errors_match_prometheus_client(impl, what):
     assert not hasattr(parent, "_value")
     if sys.version_info >= (3, 10):
         with pytest.raises(AttributeError) as info:
-            parent._value
+            _ = parent._value
         assert info.value.name == "_value" and info.value.obj is parent
 
 

@@ -546,7 +546,7 @@ def classes_for(core: ModuleType) -> Tuple[type, type]:
                 __module__ = __name__
                 __qualname__ = "Counter"
 
-            class Enum(core.EnumCore, _EnumAPI, prometheus_client.Enum):  # type: ignore[name-defined,misc]  # run-time base, as above
+            class Enum(core.EnumCore, _EnumAPI, prometheus_client.Enum):  # type: ignore[name-defined,misc,override]  # run-time base, as above
                 __slots__ = slots_for(core.EnumCore, _ENUM_SLOTS)
                 __doc__ = _ENUM_DOC
                 __module__ = __name__

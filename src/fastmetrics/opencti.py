@@ -198,9 +198,10 @@ def handler_class_for(core: ModuleType) -> type:
 
             # The base is the dispatcher chosen at run time (C or twin): type checkers see
             # the TYPE_CHECKING class below instead.
-            dispatcher = _core.dispatch_for(core).Dispatcher
+            dispatcher: type = _core.dispatch_for(core).Dispatcher
 
-            class OpenCTIMetricHandler(dispatcher, _HandlerAPI):  # type: ignore[misc]  # run-time base
+            class OpenCTIMetricHandler(_core.dispatch_for(core).Dispatcher,  # type: ignore[misc]  # run-time base
+                                       _HandlerAPI):
                 # Every attribute pycti's handler has, in a slot: the core's
                 # instance dict stays empty, so CPython 3.12+ specialises
                 # ``handler.inc`` (see fastmetrics._core_c.pxd).

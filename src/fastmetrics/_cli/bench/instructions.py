@@ -97,7 +97,7 @@ _handlers: Dict[str, Any] = {}   # one per candidate: they register in the defau
 
 
 def _subject(subjects: Any, name: str, candidate: str) -> Any:
-    from .subjects import FloorMetric, NullLogger
+    from .subjects import FloorMetric
 
     if name == "parent2":
         if candidate == FLOOR:
@@ -116,22 +116,23 @@ def _subject(subjects: Any, name: str, candidate: str) -> Any:
 
 
 def _handler(subjects: Any, candidate: str) -> Any:
+    """An activated handler of ``candidate`` whose constructor starts no HTTP
+    server (its module's ``start_http_server`` is a no-op meanwhile)."""
     from .subjects import NullLogger
 
-    if True:
-        if candidate == FLOOR:
-            return subjects.handler(FLOOR, True)
-        cls = subjects._handler_class(candidate)
-        module = subjects.pycti_module if candidate == PYCTI else sys.modules[cls.__module__]
-        saved = getattr(module, "start_http_server", None)
-        module.start_http_server = lambda *args, **kwargs: None   # see the module docstring
-        try:
-            namespace, subsystem = f"bench_{candidate}", "connector"
-            if candidate == PYCTI:
-                return cls(NullLogger(), True, namespace, subsystem, 0)
-            return cls(NullLogger(), True, namespace, subsystem, 0, addr="127.0.0.1")
-        finally:
-            module.start_http_server = saved
+    if candidate == FLOOR:
+        return subjects.handler(FLOOR, True)
+    cls = subjects._handler_class(candidate)
+    module: Any = subjects.pycti_module if candidate == PYCTI else sys.modules[cls.__module__]
+    saved = module.start_http_server
+    module.start_http_server = lambda *args, **kwargs: None
+    try:
+        namespace, subsystem = f"bench_{candidate}", "connector"
+        if candidate == PYCTI:
+            return cls(NullLogger(), True, namespace, subsystem, 0)
+        return cls(NullLogger(), True, namespace, subsystem, 0, addr="127.0.0.1")
+    finally:
+        module.start_http_server = saved
 
 
 def _probe_subjects(pycti_file: Optional[str]) -> Any:
