@@ -43,6 +43,8 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .docs import update_file
+
 #: The function whose every call makes callgrind dump its counters.
 MARKER = "os_getppid"
 #: Loop rounds of the two measured segments (each round runs ``unroll`` statements).
@@ -52,6 +54,8 @@ WARMUP = 20
 #: Children created per round by the child-creation cases, and by the memory cases.
 CHILDREN = 2000
 _MODULE = "fastmetrics._cli.bench.instructions"
+#: The marker prefix of the generated table in README.md (``--update-docs``).
+DOCS_PREFIX = "instructions"
 
 
 @dataclass(frozen=True)
@@ -289,6 +293,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--python", action="append", default=[], metavar="EXE",
                         help="an interpreter with fastmetrics installed (repeatable; default: this one)")
     parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
+    parser.add_argument("--update-docs", nargs="+", default=[], metavar="FILE",
+                        help=f"also rewrite the <!-- {DOCS_PREFIX}:table --> block of these Markdown files")
     args = parser.parse_args(argv)
     if args.probe is not None:
         _probe([tuple(c) for c in json.loads(args.probe)], args.pycti)
@@ -300,6 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for python in args.python or [sys.executable]:
         rows[version_of(python)] = measure(python, pycti_file=args.pycti)
     print(json.dumps(rows, indent=1) if args.json else "\n".join(table(rows)))
+    for path in args.update_docs:
+        update_file(path, {"table": "\n".join(table(rows))}, DOCS_PREFIX)
     return 0
 
 
