@@ -338,3 +338,45 @@ def test_bind_hot_methods_checks_its_classes(impl):
         impl.core.bind_hot_methods(impl.Enum, impl.Counter)
     with pytest.raises(TypeError):
         impl.dispatch.bind_hot_methods(impl.Counter)
+
+
+def test_threads_counting_through_copies_give_exact_totals(impl, registry):
+    """Copies share one value: increments through the original and its
+    copies from many threads at once all land in it (no lock, no GIL needed)."""
+    import threading
+
+    c = impl.Counter("c", "d", registry=registry)
+    targets = [c, *(copy.copy(c) for _ in range(3))]
+    per_thread, threads = 5_000, 8
+    start = threading.Barrier(threads)
+
+    def work(i: int) -> None:
+        metric = targets[i % len(targets)]
+        start.wait()
+        for _ in range(per_thread):
+            metric.inc()
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert all(m._value.get() == per_thread * threads for m in targets)
+
+
+def test_user_subclasses_keep_working(impl, registry):
+    """The fast methods are bound to the public classes; a user's subclass
+    inherits them (unspecialised calls, same results)."""
+    class MyCounter(impl.Counter):
+        pass
+
+    class MyEnum(impl.Enum):
+        pass
+
+    c = MyCounter("c", "d", ["k"], registry=registry)
+    c.labels("x").inc(2)
+    c.labels(k="x").inc()
+    assert type(c.labels("x")) is MyCounter and c.labels("x")._value.get() == 3
+    e = MyEnum("e", "d", states=["a", "b"], registry=registry)
+    e.state("b")
+    assert e._value == 1 and isinstance(e, pc.Enum)

@@ -360,7 +360,10 @@ cdef class CounterCore(MetricCore):
 
 
 cdef inline int _store_add(CounterCore counter, double a) except -1:
-    """Add a validated amount to the counter's slot (ValueError for a parent)."""
+    """Add a validated amount to the counter's slot (ValueError for a parent).
+    Every Python-level increment ends here: ``CounterCore._add`` (``inc(n)``,
+    the handler) and ``_inc_impl``'s ``inc()`` without arguments, which skips
+    ``_add``; the nogil ``counter_add`` goes to ``fm_add`` directly."""
     cdef int rc = fm_add(&counter._slot, a)
     if rc == 0:
         return 0
