@@ -557,16 +557,6 @@ def classes_for(core: ModuleType) -> Tuple[type, type]:
         return pair
 
 
-def upstream_class(metric: object) -> Optional[type]:
-    """The prometheus_client class ``metric`` stands in for (``Counter`` or
-    ``Enum``), or None if it is not a fastmetrics metric."""
-    if isinstance(metric, _CounterAPI):
-        return prometheus_client.Counter
-    if isinstance(metric, _EnumAPI):
-        return prometheus_client.Enum
-    return None
-
-
 if TYPE_CHECKING:  # what the selector returns, as type checkers see it (the twin's API)
     class Counter(_core.CounterCore, _CounterAPI):
         pass

@@ -51,14 +51,6 @@ _STATE = ("state", "state", "State of connector")
 _STATES = ["idle", "running", "stopped"]
 
 
-def _stands_in_for(metric: Any, expected_type: Any) -> bool:
-    """Whether ``isinstance(m, expected_type)`` holds for the prometheus_client
-    metric that ``metric`` replaces (so ``prometheus_client.Counter`` matches our
-    counters, as it matches pycti's)."""
-    upstream = metrics.upstream_class(metric)
-    return upstream is not None and issubclass(upstream, expected_type)
-
-
 if TYPE_CHECKING:   # the upcall contract the core calls, for type checkers only
     _HandlerBase = DispatchUpcalls
 else:
@@ -139,7 +131,7 @@ class _HandlerAPI(_HandlerBase):
             self.connector_logger.error("Metric does not exist.", {"name": name})
             return False
         metric = self._metrics[name]
-        if not (isinstance(metric, expected_type) or _stands_in_for(metric, expected_type)):
+        if not isinstance(metric, expected_type):   # our classes derive from prometheus_client's
             self.connector_logger.error(
                 "Metric not of expected type",
                 {"name": name, "expected_type": expected_type},
