@@ -2,15 +2,15 @@
 # The interpreters of the instruction-count gates (bench/test_bench_instructions.py):
 # for each CPython in FASTMETRICS_IR_VERSIONS (default 3.9 3.10 3.11 3.12 3.13)
 # found as pythonX.Y on PATH or in ~/.pyenv/versions, a venv .venv-ir-X.Y with
-# SDIST (this tree's sdist, built for that interpreter, as users get it)
-# installed.  Prints their interpreters joined with ':' on stdout (what
+# SOURCE installed, built for that interpreter: this tree's sdist, as users
+# get it (the bench command), or "." (scripts/refresh_docs.sh).  Prints their interpreters joined with ':' on stdout (what
 # FASTMETRICS_BENCH_IR_PYTHONS takes); progress on stderr.  A version not found
 # is skipped with a note, and fails under CI=true (CI installs them all).
 #
 #   FASTMETRICS_BENCH_IR_PYTHONS=$(bash scripts/ir_venvs.sh dist/*.tar.gz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SDIST=${1:?usage: scripts/ir_venvs.sh SDIST}
+SOURCE=${1:?usage: scripts/ir_venvs.sh SOURCE}
 VERSIONS=${FASTMETRICS_IR_VERSIONS:-3.9 3.10 3.11 3.12 3.13}
 
 # The first candidate that runs (a pyenv shim on PATH may not).
@@ -36,7 +36,7 @@ for v in $VERSIONS; do
   start=$SECONDS
   rm -rf "$venv"
   "$py" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q "$SDIST" >&2
+  "$venv/bin/python" -m pip install -q "$SOURCE" >&2
   echo "ir_venvs: $venv ($("$venv/bin/python" --version)) in $((SECONDS - start)) s" >&2
   pythons+=("$PWD/$venv/bin/python")
 done
