@@ -558,10 +558,13 @@ def classes_for(core: ModuleType) -> Tuple[type, type]:
 
 
 if TYPE_CHECKING:  # what the selector returns, as type checkers see it (the twin's API)
-    class Counter(_core.CounterCore, _CounterAPI):
+    # prometheus_client's classes are bases at run time too: a fastmetrics metric
+    # type-checks wherever theirs is expected.  The ignores are about private
+    # members only (ours are the core's, with other types).
+    class Counter(_core.CounterCore, _CounterAPI, prometheus_client.Counter):  # type: ignore[misc]
         pass
 
-    class Enum(_core.EnumCore, _EnumAPI):
+    class Enum(_core.EnumCore, _EnumAPI, prometheus_client.Enum):  # type: ignore[misc,override]
         pass
 else:
     Counter, Enum = classes_for(_core.core)
