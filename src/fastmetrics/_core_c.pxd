@@ -17,12 +17,13 @@
 from cpython.object cimport PyObject
 
 cdef class MetricCore:
-    # A dict slot (tp_dictoffset > 0) that stays NULL: the public classes keep
-    # every attribute in __slots__, so CPython 3.12+ specialises ``o.inc`` /
-    # ``o.state`` (LOAD_ATTR_METHOD_LAZY_DICT) and Python subclasses get no
-    # managed dict (whose values Cython's tp_new never initialises).  Other
-    # attributes still work; they materialise the dict and cost the
-    # specialisation.
+    # A dict slot (tp_dictoffset > 0), so Python subclasses get no managed
+    # dict (whose values Cython's tp_new never initialises).  It stays NULL on
+    # CPython 3.12+ (fm_drop_instance_dict; the public classes keep every
+    # attribute in __slots__), which lets the interpreter specialise ``o.inc``
+    # / ``o.state`` (LOAD_ATTR_METHOD_LAZY_DICT); 3.11 needs it to exist
+    # (LOAD_METHOD_WITH_DICT).  Other attributes still work: they create the
+    # dict and cost the specialisation.
     cdef dict __dict__
     cdef object _metrics_map          # dict: label values -> child (parents only)
     cdef object _single_map           # dict: value -> child, for one-label parents
