@@ -36,7 +36,7 @@ for v in $VERSIONS; do
   start=$SECONDS
   rm -rf "$venv"
   "$py" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q "$SOURCE" >&2
+  "$venv/bin/python" -m pip install -q --no-cache-dir "$SOURCE" >&2   # never a wheel cached from an older tree
   echo "ir_venvs: $venv ($("$venv/bin/python" --version)) in $((SECONDS - start)) s" >&2
   pythons+=("$PWD/$venv/bin/python")
 done
