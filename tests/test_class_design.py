@@ -337,6 +337,13 @@ def test_c_instances_never_create_their_dict(registry):
         offset = type(o).__dictoffset__
         assert offset > 0
         assert ctypes.c_void_p.from_address(id(o) + offset).value is None, (o, o.__dict__)
+    handler = impl.Handler.__new__(impl.Handler)
+    _HandlerAPI.__init__(handler, _Logger(), False)
+    handler._metrics = {}
+    handler.inc("bundle_send")
+    objs.append(handler)
+    for o in objs:
+        assert ctypes.c_void_p.from_address(id(o) + type(o).__dictoffset__).value is None, o
     # other attributes still work (they create the dict)
     objs[0].note = "x"
     assert objs[0].__dict__ == {"note": "x"}
