@@ -74,7 +74,7 @@ def _flags_stamp(flags):
 
 OPT_OUT = "FASTMETRICS_NO_EXTENSIONS"
 EXTENSIONS = ("_core_c", "_dispatch_c")  # the shard store and hot path; name -> metric dispatch over it
-HEADERS = [f"src/fastmetrics/{h}" for h in ("_atomics.h", "_shards.h", "_arena.h", "_promfile.h", "_pydict.h")]
+HEADERS = [f"src/fastmetrics/{h}" for h in ("_atomics.h", "_shards.h", "_arena.h", "_promfile.h", "_pydict.h", "_fastcall.h")]
 
 
 class ExtensionBuildError(BaseError):

@@ -27,7 +27,7 @@ which_ones=("$@")
 
 minimum=$(sed -n 's/.*"prometheus_client>=\([0-9.]*\)[,"].*/\1/p' pyproject.toml)
 [[ -n $minimum ]] || { echo "no prometheus_client>=X in pyproject.toml" >&2; exit 1; }
-files=(tests/test_api.py tests/test_statemachine.py tests/test_opencti.py
+files=(tests/test_api.py tests/test_class_design.py tests/test_statemachine.py tests/test_opencti.py
        tests/multiprocess/test_prometheus_compat.py tests/e2e/test_gunicorn_prometheus.py)
 
 for which in "${which_ones[@]}"; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Refresh the measured numbers of the docs from one run of the bench command:
 # the README's <!-- bench:headline --> and <!-- bench:handler --> blocks,
-# docs/benchmarks.md's <!-- bench:results --> block and docs/bench.png.
+# docs/benchmarks.md's <!-- bench:results --> block and docs/bench.png; then
+# the README's <!-- instructions:table --> (fastmetrics._cli.bench.instructions).
 #
 #   bash scripts/refresh_docs.sh                # extra arguments go to `fastmetrics bench`
 #
@@ -28,3 +29,13 @@ PY
 )
 set -x
 "$PYTHON" -m fastmetrics bench --pycti "$handler" --plot docs/bench.png --update-docs README.md docs/benchmarks.md "$@"
+
+# The README's instruction-count table: every CPython 3.9-3.13 found, a venv
+# each with this tree installed (scripts/ir_venvs.sh), counted under callgrind
+# (valgrind needed).
+set +x
+IFS=: read -r -a ir_pythons <<<"$(bash scripts/ir_venvs.sh .)"
+ir_args=()
+for p in "${ir_pythons[@]}"; do ir_args+=(--python "$p"); done
+set -x
+"$PYTHON" -m fastmetrics._cli.bench.instructions --pycti "$handler" "${ir_args[@]}" --update-docs README.md

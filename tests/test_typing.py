@@ -25,6 +25,7 @@ from _support import skip_or_fail
 CORRECT = '''
     from typing import Dict, List
 
+    import prometheus_client
     from prometheus_client import CollectorRegistry
     from typing_extensions import assert_type
 
@@ -60,6 +61,14 @@ CORRECT = '''
     handler.inc("record_send", 10)
     handler.state("running")
     handler.state("idle", "state")
+
+    def count(metric: prometheus_client.Counter) -> None:   # code typed against upstream
+        metric.inc()
+
+    count(plain)
+    count(child)
+    upstream_state: prometheus_client.Enum = state
+    upstream_state.state("idle")
 
     MultiProcessCollector(CollectorRegistry())
     fastmetrics.disable_created_metrics()

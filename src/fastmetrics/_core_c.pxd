@@ -17,14 +17,24 @@
 from cpython.object cimport PyObject
 
 cdef class MetricCore:
+    # A dict slot (tp_dictoffset > 0), so Python subclasses get no managed
+    # dict (whose values Cython's tp_new never initialises).  It stays NULL on
+    # CPython 3.12+ (fm_drop_instance_dict; the public classes keep every
+    # attribute in __slots__), which lets the interpreter specialise ``o.inc``
+    # / ``o.state`` (LOAD_ATTR_METHOD_LAZY_DICT); 3.11 needs it to exist
+    # (LOAD_METHOD_WITH_DICT).  Other attributes still work: they create the
+    # dict and cost the specialisation.
+    cdef dict __dict__
     cdef object _metrics_map          # dict: label values -> child (parents only)
     cdef object _single_map           # dict: value -> child, for one-label parents
+    cdef tuple _labelnames_t          # label names (parents only; () otherwise)
     cdef Py_ssize_t _nlabels
 
 
 cdef class CounterCore(MetricCore):
     cdef Py_ssize_t _slot             # -1 for a labelled parent; relaxed atomic
     cdef Py_ssize_t _spare            # zeroed slot the next reset() swaps in (-1: none yet)
+    cdef object _slot_owner           # None, or the SharedSlot owning _slot (shared with copies)
     cdef int _add(self, object amount) except -1
 
 
@@ -34,6 +44,7 @@ cdef class EnumCore(MetricCore):
     cdef object _state_index          # dict: state -> index
     cdef object _states_list
     cdef PyObject *_state_ptrs[8]     # first 8 states by identity (NULL: use the dict)
+    cdef object _slot_owner           # None, or the SharedSlot owning _slot (shared with copies)
     cdef int _set(self, object state) except -1
 
 

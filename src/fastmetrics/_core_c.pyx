@@ -55,38 +55,30 @@ cdef extern from "_promfile.h":
 
 cdef extern from "_pydict.h":
     object fm_dict_get(object d, object key)
+    void fm_drop_instance_dict(object o)
+    object fm_instance_dict(object o)
+
+
+cdef extern from "_fastcall.h":
+    ctypedef object (*fm_fastcall_impl)(object, PyObject **, Py_ssize_t, object)
+    ctypedef struct PyMethodDef:
+        pass
+    int fm_bind_method(object type, PyMethodDef *method) except -1
 
 
 cdef extern from *:
     """
-    /* labels(): METH_FASTCALL|METH_KEYWORDS entry point forwarding to a Cython
-     * function, installed into MetricCore's type dict at import. */
-    typedef PyObject *(*fm_fastcall_impl)(PyObject *, PyObject **, Py_ssize_t, PyObject *);
-    static fm_fastcall_impl fm_labels_impl = NULL;
-
-    static PyObject *fm_labels_fastcall(PyObject *self, PyObject *const *args,
-                                        Py_ssize_t nargs, PyObject *kwnames) {
-        return fm_labels_impl(self, (PyObject **)args, nargs, kwnames ? kwnames : Py_None);
-    }
-
-    static PyMethodDef fm_labels_def = {
-        "labels", (PyCFunction)(void (*)(void))fm_labels_fastcall, METH_FASTCALL | METH_KEYWORDS,
+    FM_FASTCALL_METHOD(labels, "labels",
         "Return the child for the given labelset, creating it on first use. "
-        "A hit with str values is one dict lookup, lock-free."
-    };
+        "A hit (positional or keyword str values) is one dict lookup, lock-free.")
+    FM_FASTCALL_METHOD(inc, "inc",
+        "inc(amount=1, exemplar=None): increment by amount (int, float or bool, >= 0). Lock-free.")
+    FM_FASTCALL_METHOD(state, "state",
+        "state(state): set the current state; ValueError for an unknown one. Lock-free.")
 
-    static int fm_install_labels(PyObject *type, fm_fastcall_impl impl) {
-        PyObject *descr;
-        fm_labels_impl = impl;
-        descr = PyDescr_NewMethod((PyTypeObject *)type, &fm_labels_def);
-        if (descr == NULL) return -1;
-        if (PyDict_SetItemString(((PyTypeObject *)type)->tp_dict, "labels", descr) < 0) {
-            Py_DECREF(descr);
-            return -1;
-        }
-        Py_DECREF(descr);
-        PyType_Modified((PyTypeObject *)type);
-        return 0;
+    static void fm_tuple_set(PyObject *t, Py_ssize_t i, PyObject *v) {
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(t, i, v);
     }
 
     static PyObject *fm_tuple_from_array(PyObject **items, Py_ssize_t n) {
@@ -100,9 +92,12 @@ cdef extern from *:
         return t;
     }
     """
-    ctypedef object (*fm_fastcall_impl)(object, PyObject **, Py_ssize_t, object)
-    int fm_install_labels(object type, fm_fastcall_impl impl) except -1
+    fm_fastcall_impl fm_labels_impl, fm_inc_impl, fm_state_impl
+    PyMethodDef fm_labels_def, fm_inc_def, fm_state_def
     tuple fm_tuple_from_array(PyObject **items, Py_ssize_t n)
+    tuple fm_tuple_new "PyTuple_New" (Py_ssize_t n)
+    PyObject *fm_tuple_get "PyTuple_GET_ITEM" (object t, Py_ssize_t i)
+    void fm_tuple_set(object t, Py_ssize_t i, object v)
 
 
 implementation = "cython"
@@ -147,15 +142,19 @@ cdef class MetricCore:
     """
 
     def __cinit__(self, *args, **kwargs):
+        fm_drop_instance_dict(self)
         self._metrics_map = None
         self._single_map = None
+        self._labelnames_t = ()
         self._nlabels = 0
 
-    def _init_parent(self, Py_ssize_t nlabels):
-        """Make this a labelled parent: an empty child map, no value of its own."""
+    def _init_parent(self, labelnames):
+        """Make this a labelled parent over ``labelnames`` (a sequence of str):
+        an empty child map, no value of its own."""
+        self._labelnames_t = tuple(labelnames)
+        self._nlabels = len(self._labelnames_t)
         self._metrics_map = {}
-        self._single_map = {} if nlabels == 1 else None
-        self._nlabels = nlabels
+        self._single_map = {} if self._nlabels == 1 else None
 
     def _child_added(self, key, child):
         """Record a new child (caller holds the children lock)."""
@@ -175,42 +174,110 @@ cdef class MetricCore:
             self._single_map.clear()
         self._metrics_map.clear()
 
+    def _instance_dict(self):
+        """The instance dict (attributes set beyond the slots), or None while
+        there is none: unlike ``__dict__``, never creates it."""
+        return fm_instance_dict(self)
+
+    def _share_children(self, MetricCore other):
+        """Make ``other`` (a new object) share this parent's children, as a
+        shallow copy of prometheus_client's metric shares its ``_metrics``."""
+        other._metrics_map = self._metrics_map
+        other._single_map = self._single_map
+        other._labelnames_t = self._labelnames_t
+        other._nlabels = self._nlabels
+
     @property
     def _metrics(self):
         if self._metrics_map is None:
             raise AttributeError("_metrics")
         return self._metrics_map
 
-    # labels() is installed below as a METH_FASTCALL method (_labels_fastcall):
+    # labels() is installed below as a METH_FASTCALL method (_labels_impl):
     # Cython would compile *args/**kwargs as METH_VARARGS and allocate an
-    # empty kwargs dict on every call.
+    # empty kwargs dict on every call.  bind_hot_methods() binds it again,
+    # with inc/state, to the public classes.
+
+
+cdef object _kw_key(MetricCore metric, PyObject **values, Py_ssize_t n, tuple kwnames):
+    """The child key for keyword label values (in label-name order), or None
+    unless every name is one of the labels and every value an exact str (the
+    slow path then converts or raises exactly as prometheus_client).  ``n``
+    distinct keywords (a call cannot repeat one) each matching one of ``n``
+    label names fill every position exactly once."""
+    cdef tuple names = metric._labelnames_t
+    cdef Py_ssize_t i, j
+    cdef object value
+    key = fm_tuple_new(n)
+    for i in range(n):
+        value = <object>values[i]
+        if not PyUnicode_CheckExact(value):
+            return None
+        for j in range(n):               # interned identifiers: a pointer compare
+            if <PyObject *>names[j] == <PyObject *>kwnames[i]:
+                break
+        else:
+            for j in range(n):
+                if names[j] == kwnames[i]:
+                    break
+            else:
+                return None
+        if fm_tuple_get(key, j) != NULL:  # a repeated label name: let the slow path decide
+            return None
+        fm_tuple_set(key, j, value)
+    return key
 
 
 cdef object _labels_impl(object self, PyObject **args, Py_ssize_t nargs, object kwnames):
+    """``labels(*values)`` / ``labels(**values)``: a hit with exact str values is
+    one dict lookup, lock-free; anything else goes to ``_labels_slow``."""
     cdef MetricCore metric = <MetricCore>self
+    cdef Py_ssize_t i, n = metric._nlabels
+    if metric._metrics_map is not None:
+        if kwnames is None:
+            if nargs == n:
+                if nargs == 1:
+                    if PyUnicode_CheckExact(<object>args[0]):
+                        child = fm_dict_get(metric._single_map, <object>args[0])
+                        if child is not None:
+                            return child
+                else:
+                    for i in range(nargs):
+                        if not PyUnicode_CheckExact(<object>args[i]):
+                            break
+                    else:
+                        child = fm_dict_get(metric._metrics_map, fm_tuple_from_array(args, nargs))
+                        if child is not None:
+                            return child
+        elif nargs == 0 and len(<tuple>kwnames) == n:
+            if n == 1:
+                if (PyUnicode_CheckExact(<object>args[0])
+                        and (<PyObject *>(<tuple>kwnames)[0] == <PyObject *>metric._labelnames_t[0]
+                             or (<tuple>kwnames)[0] == metric._labelnames_t[0])):
+                    child = fm_dict_get(metric._single_map, <object>args[0])
+                    if child is not None:
+                        return child
+            else:
+                key = _kw_key(metric, args, n, <tuple>kwnames)
+                if key is not None:
+                    child = fm_dict_get(metric._metrics_map, key)
+                    if child is not None:
+                        return child
+    return self._labels_slow(fm_tuple_from_array(args, nargs), _kwargs(args + nargs, kwnames))
+
+
+cdef dict _kwargs(PyObject **values, object kwnames):
+    """The keyword arguments of a vectorcall as a dict (empty without keywords)."""
     cdef Py_ssize_t i
-    if kwnames is None and metric._metrics_map is not None and nargs == metric._nlabels:
-        if nargs == 1:
-            if PyUnicode_CheckExact(<object>args[0]):
-                child = fm_dict_get(metric._single_map, <object>args[0])
-                if child is not None:
-                    return child
-        else:
-          for i in range(nargs):
-            if not PyUnicode_CheckExact(<object>args[i]):
-                break
-          else:
-            child = fm_dict_get(metric._metrics_map, fm_tuple_from_array(args, nargs))
-            if child is not None:
-                return child
     kwargs = {}
     if kwnames is not None:
-        for i in range(len(kwnames)):
-            kwargs[kwnames[i]] = <object>args[nargs + i]
-    return self._labels_slow(fm_tuple_from_array(args, nargs), kwargs)
+        for i in range(len(<tuple>kwnames)):
+            kwargs[(<tuple>kwnames)[i]] = <object>values[i]
+    return kwargs
 
 
-fm_install_labels(MetricCore, _labels_impl)
+fm_labels_impl = _labels_impl
+fm_bind_method(MetricCore, &fm_labels_def)
 
 
 cdef int _raise_no_chunk() except -1:
@@ -232,18 +299,39 @@ cdef class CounterCore(MetricCore):
     def __cinit__(self, *args, **kwargs):
         self._slot = -1
         self._spare = -1
+        self._slot_owner = None
 
     def __dealloc__(self):
-        # No thread can be inside inc() on a dead object: both slots it owns
+        # No thread can be inside inc() on a dead object: the slots it owns
         # can be zeroed and recycled.  Lock-free (safe inside any collection).
         # In the prometheus_client-compatible mode a slot's file entries
         # outlive the object (as upstream's do): never recycled.
         if fm_pf_on:
             return
-        if self._slot >= 0:
+        # A slot shared with copies is freed by its SharedSlot, with the last.
+        if self._slot >= 0 and self._slot_owner is None:
             fm_slot_free(self._slot)
         if self._spare >= 0:
             fm_slot_free(self._spare)
+
+    def _share_value(self, CounterCore other):
+        """Make ``other`` (a new counter of this class) count into this one's
+        value and share its children: ``copy.copy`` as prometheus_client's
+        metrics give it (one value object).  The slot is then owned by a
+        :class:`SharedSlot` and freed with the last of them; ``reset()`` of
+        any moves all of them to the zeroed spare.  Callers hold the
+        children lock (it serialises against reset)."""
+        cdef SharedSlot owner
+        self._share_children(other)
+        if self._slot >= 0:
+            if self._slot_owner is None:
+                owner = SharedSlot(self._slot)
+                owner.members.append(_weakref(self))
+                self._slot_owner = owner
+            owner = <SharedSlot>self._slot_owner
+            owner.members.append(_weakref(other))
+            other._slot_owner = owner
+            other._slot = self._slot
 
     def _init_value(self):
         """Give this counter (unlabelled, or a child) its slot, starting at 0."""
@@ -251,17 +339,10 @@ cdef class CounterCore(MetricCore):
             fm_store_ssize(&self._slot, _new_slot())
 
     cdef int _add(self, object amount) except -1:
-        cdef double a
-        cdef int rc
         if fm_load_ssize(&self._slot) < 0:   # a parent: upstream's error comes first
             raise ValueError(f"{self._type} metric is missing label values")
-        a = _amount(amount)   # may run Python code, so fm_add reads the slot again
-        rc = fm_counter_add(&self._slot, a)
-        if rc == 0:
-            return 0
-        if rc == -2:
-            raise ValueError(f"{self._type} metric is missing label values")
-        return _raise_no_chunk()
+        # _amount may run Python code, so _store_add reads the slot again
+        return _store_add(self, _amount(amount))
 
     def inc(self, amount=1, exemplar=None):
         """Increment by ``amount`` (int, float or bool, >= 0). Lock-free."""
@@ -295,9 +376,14 @@ cdef class CounterCore(MetricCore):
         however often it runs.  Callers serialise resets of one counter and
         call ``_spare_slot`` first."""
         cdef Py_ssize_t old
+        cdef CounterCore member
         if fm_load_ssize(&self._slot) < 0 or self._spare < 0:
             return
         old = fm_exchange_ssize(&self._slot, self._spare)
+        if self._slot_owner is not None:   # copies share the value: all move, as upstream's share one
+            (<SharedSlot>self._slot_owner).slot = self._spare
+            for member in (<SharedSlot>self._slot_owner).live():
+                fm_store_ssize(&member._slot, self._spare)
         with nogil:
             if fm_pf_on:
                 fm_pf_quiesce()
@@ -306,6 +392,68 @@ cdef class CounterCore(MetricCore):
                 fm_quiesce()
                 fm_slot_zero(old)
         self._spare = old
+
+
+cdef inline int _store_add(CounterCore counter, double a) except -1:
+    """Add a validated amount to the counter's slot (ValueError for a parent).
+    Every Python-level increment ends here: ``CounterCore._add`` (``inc(n)``,
+    the handler) and ``_inc_impl``'s ``inc()`` without arguments, which skips
+    ``_add``; the nogil ``counter_add`` calls ``fm_counter_add`` directly.
+    ``fm_counter_add`` is the one branch between the shards and the
+    prometheus_client-compatible store."""
+    cdef int rc = fm_counter_add(&counter._slot, a)
+    if rc == 0:
+        return 0
+    if rc == -2:
+        raise ValueError(f"{counter._type} metric is missing label values")
+    return _raise_no_chunk()
+
+
+cdef object _core_inc = CounterCore.inc   # a C static: no module-dict lookup
+
+
+cdef object _inc_impl(object self, PyObject **args, Py_ssize_t nargs, object kwnames):
+    """``inc(amount=1, exemplar=None)`` bound to a public class: positional
+    calls without an exemplar go straight to the store; every other call to
+    ``CounterCore.inc`` (its argument parsing and errors)."""
+    if kwnames is None:
+        if nargs == 0:
+            _store_add(<CounterCore>self, 1.0)
+            return None
+        if nargs == 1:
+            (<CounterCore>self)._add(<object>args[0])
+            return None
+    return _core_inc(self, *fm_tuple_from_array(args, nargs), **_kwargs(args + nargs, kwnames))
+
+
+fm_inc_impl = _inc_impl
+
+
+cdef class SharedSlot:
+    """Owns the slot that a metric shares with its copies (``copy.copy``):
+    ``members`` are weak references to them; a counter's ``reset()`` moves
+    them all to the new slot.  Frees the slot when the last of them is gone
+    (lock-free, as a metric's own)."""
+
+    cdef Py_ssize_t slot
+    cdef list members
+
+    def __cinit__(self, Py_ssize_t slot):
+        self.slot = slot
+        self.members = []
+
+    def __dealloc__(self):
+        if not fm_pf_on:   # the compatible mode never recycles a counter slot
+            fm_slot_free(self.slot)
+
+    cdef list live(self):
+        """The members still alive (dead references pruned); children lock held."""
+        alive = [m for m in (ref() for ref in self.members) if m is not None]
+        self.members = [_weakref(m) for m in alive]
+        return alive
+
+
+from weakref import ref as _weakref
 
 
 cdef Py_ssize_t _new_slot() except -1:
@@ -327,10 +475,30 @@ cdef class EnumCore(MetricCore):
         self._nstates = -1
         self._state_index = None
         self._states_list = None
+        self._slot_owner = None
 
     def __dealloc__(self):
-        if self._slot >= 0:
+        if self._slot >= 0 and self._slot_owner is None:
             fm_slot_free(self._slot)
+
+    def _share_value(self, EnumCore other):
+        """Make ``other`` (a new enum of this class) share this one's state word
+        and children (``copy.copy``; see CounterCore._share_value).  Unlike
+        prometheus_client's copies, whose state is then their own, a copy's
+        ``state()`` moves both: a second word would be exported as a second
+        series in multiprocess mode."""
+        cdef Py_ssize_t i
+        self._share_children(other)
+        if self._slot >= 0:
+            if self._slot_owner is None:
+                self._slot_owner = SharedSlot(self._slot)
+            other._slot_owner = self._slot_owner
+            other._slot = self._slot
+            other._state_index = self._state_index
+            other._states_list = self._states_list
+            for i in range(8):
+                other._state_ptrs[i] = self._state_ptrs[i]
+            other._nstates = self._nstates
 
     def _init_value(self, states):
         """Make this enum observable over ``states`` (declaration order), at state 0."""
@@ -387,6 +555,37 @@ cdef class EnumCore(MetricCore):
     def _slot_index(self):
         """This enum's slot (-1 for a labelled parent); multiprocess metadata."""
         return self._slot
+
+
+cdef object _core_state = EnumCore.state
+
+
+cdef object _state_impl(object self, PyObject **args, Py_ssize_t nargs, object kwnames):
+    """``state(state)`` bound to a public class: a positional call goes
+    straight to the enum word; any other call to ``EnumCore.state``."""
+    if kwnames is None and nargs == 1:
+        (<EnumCore>self)._set(<object>args[0])
+        return None
+    return _core_state(self, *fm_tuple_from_array(args, nargs), **_kwargs(args + nargs, kwnames))
+
+
+fm_state_impl = _state_impl
+
+
+def bind_hot_methods(counter_class, enum_class):
+    """Bind ``labels``/``inc`` to ``counter_class`` and ``labels``/``state`` to
+    ``enum_class`` (subclasses of CounterCore and EnumCore: ``TypeError``
+    otherwise) as method descriptors of those very classes, so that CPython
+    3.11+ specialises calls on their instances (see ``_fastcall.h``).  Same
+    signatures, results and errors as the core methods."""
+    if not (isinstance(counter_class, type) and issubclass(counter_class, CounterCore)):
+        raise TypeError("counter_class must be a subclass of CounterCore")
+    if not (isinstance(enum_class, type) and issubclass(enum_class, EnumCore)):
+        raise TypeError("enum_class must be a subclass of EnumCore")
+    fm_bind_method(counter_class, &fm_labels_def)
+    fm_bind_method(counter_class, &fm_inc_def)
+    fm_bind_method(enum_class, &fm_labels_def)
+    fm_bind_method(enum_class, &fm_state_def)
 
 
 cdef int counter_add(CounterCore counter, double amount) noexcept nogil:

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import threading
 import time
+import weakref
 from types import MappingProxyType
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple,
                     TypeVar, cast)
@@ -402,7 +403,8 @@ class MetricCore(_MetricBase):
     _single_map: Optional[Dict[str, Any]] = None
     _nlabels = 0
 
-    def _init_parent(self, nlabels: int) -> None:
+    def _init_parent(self, labelnames: Sequence[str]) -> None:
+        nlabels = len(labelnames)
         self._metrics_map = {}
         self._single_map = {} if nlabels == 1 else None
         self._nlabels = nlabels
@@ -424,6 +426,16 @@ class MetricCore(_MetricBase):
         if self._single_map is not None:
             self._single_map.clear()
         cast("Dict[Tuple[str, ...], Any]", self._metrics_map).clear()
+
+    def _instance_dict(self) -> Optional[Dict[str, Any]]:
+        """The instance dict (this twin keeps its fields there too)."""
+        return self.__dict__
+
+    def _share_children(self, other: MetricCore) -> None:
+        """Make ``other`` share this parent's children (``copy.copy``)."""
+        other._metrics_map = self._metrics_map
+        other._single_map = self._single_map
+        other._nlabels = self._nlabels
 
     @property
     def _metrics(self) -> Dict[Tuple[str, ...], Any]:
@@ -465,21 +477,58 @@ def _bracketed_add(lease: _Lease, counter: CounterCore, amount: float) -> None:
         ticket.seq += 1
 
 
+class SharedSlot:
+    """Owns the slot that a metric shares with its copies (``copy.copy``):
+    ``members`` are weak references to them, which a counter's ``reset()``
+    moves to the new slot.  Frees the slot when the last of them is gone."""
+
+    __slots__ = ("members", "slot")
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.members: List[Any] = []
+
+    def __del__(self) -> None:
+        if not _promfile_on:   # the compatible mode never recycles a counter slot
+            _slot_free(self.slot)
+
+    def live(self) -> List[Any]:
+        """The members still alive (dead references pruned); children lock held."""
+        alive = [m for m in (ref() for ref in self.members) if m is not None]
+        self.members = [weakref.ref(m) for m in alive]
+        return alive
+
+
 class CounterCore(_CounterBase):
     """A counter value: one slot, summed over every thread's shard on read."""
 
     _slot = -1
     _spare = -1
+    _slot_owner: Optional[SharedSlot] = None   # owns _slot when shared with copies
 
     def __del__(self) -> None:
         if _promfile_on:   # its file entries outlive it (as upstream's): slots never recycled
             return
-        if self._slot >= 0:
+        if self._slot >= 0 and self._slot_owner is None:
             _slot_free(self._slot)
-            self._slot = -1
+        self._slot = -1
         if self._spare >= 0:
             _slot_free(self._spare)
             self._spare = -1
+
+    def _share_value(self, other: CounterCore) -> None:
+        """Make ``other`` (a new counter of this class) count into this one's
+        value and share its children (see the C twin).  Callers hold the
+        children lock."""
+        self._share_children(other)
+        other._spare = -1
+        if self._slot >= 0:
+            if self._slot_owner is None:
+                self._slot_owner = SharedSlot(self._slot)
+                self._slot_owner.members.append(weakref.ref(self))
+            self._slot_owner.members.append(weakref.ref(other))
+            other._slot_owner = self._slot_owner
+            other._slot = self._slot
 
     def _init_value(self) -> None:
         if self._slot < 0:
@@ -533,6 +582,10 @@ class CounterCore(_CounterBase):
         if self._slot < 0 or self._spare < 0:
             return
         old, self._slot = self._slot, self._spare
+        if self._slot_owner is not None:   # copies share the value: all move, as upstream's share one
+            self._slot_owner.slot = self._spare
+            for member in self._slot_owner.live():
+                member._slot = self._spare
         _quiesce()
         _slot_zero(old)
         self._spare = old
@@ -546,11 +599,24 @@ class EnumCore(MetricCore):
     _nstates = -1
     _state_index: Mapping[Any, int] = MappingProxyType({})   # state -> index (first match)
     _states_list: Sequence[Any] = ()
+    _slot_owner: Optional[SharedSlot] = None   # owns _slot when shared with copies
 
     def __del__(self) -> None:
-        if self._slot >= 0:
+        if self._slot >= 0 and self._slot_owner is None:
             _slot_free(self._slot)
-            self._slot = -1
+        self._slot = -1
+
+    def _share_value(self, other: EnumCore) -> None:
+        """Make ``other`` share this enum's state word and children (see the C twin)."""
+        self._share_children(other)
+        if self._slot >= 0:
+            if self._slot_owner is None:
+                self._slot_owner = SharedSlot(self._slot)
+            other._slot_owner = self._slot_owner
+            other._slot = self._slot
+            other._state_index = self._state_index
+            other._states_list = self._states_list
+            other._nstates = self._nstates
 
     def _init_value(self, states: Iterable[str]) -> None:
         self._states_list = list(states)
@@ -668,3 +734,14 @@ def _after_fork_child() -> None:
 
 
 _fork.register(_fork.TWIN_STORE, _before_fork, _after_fork_parent, _after_fork_child)
+
+
+def bind_hot_methods(counter_class: type, enum_class: type) -> None:
+    """The C twin binds ``labels``/``inc``/``state`` as method descriptors of
+    the public classes so CPython specialises their calls; Python methods are
+    specialised as they are, so here this only checks the classes
+    (``TypeError`` unless subclasses of CounterCore and EnumCore)."""
+    if not (isinstance(counter_class, type) and issubclass(counter_class, CounterCore)):
+        raise TypeError("counter_class must be a subclass of CounterCore")
+    if not (isinstance(enum_class, type) and issubclass(enum_class, EnumCore)):
+        raise TypeError("enum_class must be a subclass of EnumCore")

@@ -16,8 +16,39 @@ cdef extern from "_atomics.h":
     void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
 
 
+cdef extern from "_fastcall.h":
+    ctypedef object (*fm_fastcall_impl)(object, PyObject **, Py_ssize_t, object)
+    ctypedef struct PyMethodDef:
+        pass
+    int fm_bind_method(object type, PyMethodDef *method) except -1
+
+
+cdef extern from *:
+    """
+    FM_FASTCALL_METHOD(inc, "inc",
+        "inc(name, n=1): add n to the counter named name. Lock-free for the built-in names.")
+    FM_FASTCALL_METHOD(state, "state",
+        "state(state, name='state'): set the enum named name. Lock-free for the built-in names.")
+
+    static PyObject *fm_args_tuple(PyObject **items, Py_ssize_t n) {
+        Py_ssize_t i;
+        PyObject *t = PyTuple_New(n);
+        if (t == NULL) return NULL;
+        for (i = 0; i < n; i++) {
+            Py_INCREF(items[i]);
+            PyTuple_SET_ITEM(t, i, items[i]);
+        }
+        return t;
+    }
+    """
+    fm_fastcall_impl fm_inc_impl, fm_state_impl
+    PyMethodDef fm_inc_def, fm_state_def
+    tuple fm_args_tuple(PyObject **items, Py_ssize_t n)
+
+
 cdef extern from "_pydict.h":
     object fm_dict_get(object d, object key)
+    void fm_drop_instance_dict(object o)
 
 
 implementation = "cython"
@@ -35,6 +66,7 @@ cdef class Dispatcher:
     subclass's ``_inc_miss(name, n)`` / ``_state_miss(state, name)``.
     Thread-safe; never relies on the GIL.
     """
+    cdef dict __dict__                # stays NULL: see fm_drop_instance_dict
     cdef object _counter_map
     cdef object _enum_map
     cdef PyObject *_counter_names[8]  # identity caches over the maps' first entries;
@@ -47,6 +79,7 @@ cdef class Dispatcher:
     cdef Py_ssize_t _on               # truth of ``activated``; relaxed atomic
 
     def __cinit__(self, *args, **kwargs):
+        fm_drop_instance_dict(self)
         self._counter_map = None
         self._enum_map = None
         self._ncounters = 0
@@ -96,34 +129,96 @@ cdef class Dispatcher:
                 i += 1
         self._nenums = i
 
+    @cython.binding(False)   # a method_descriptor, which CPython 3.12+ specialises
     def inc(self, name, n=1):
         """Add ``n`` to the counter named ``name`` (``_inc_miss`` if none)."""
+        self._inc(name, n)
+
+    cdef int _inc(self, object name, object n) except -1:
         cdef Py_ssize_t i
         if not fm_load_ssize(&self._on):
-            return
+            return 0
         for i in range(self._ncounters):
             if self._counter_names[i] == <PyObject *>name:
-                (<CounterCore>self._counters[i])._add(n)
-                return
+                return (<CounterCore>self._counters[i])._add(n)
         if self._counter_map is not None:
             counter = fm_dict_get(self._counter_map, name)
             if counter is not None:
-                (<CounterCore>counter)._add(n)
-                return
+                return (<CounterCore>counter)._add(n)
         self._inc_miss(name, n)
+        return 0
 
     def state(self, state, name="state"):
         """Set the enum named ``name`` to ``state`` (``_state_miss`` if none)."""
+        self._state(state, name)
+
+    cdef int _state(self, object state, object name) except -1:
         cdef Py_ssize_t i
         if not fm_load_ssize(&self._on):
-            return
+            return 0
         for i in range(self._nenums):
             if self._enum_names[i] == <PyObject *>name:
-                (<EnumCore>self._enums[i])._set(state)
-                return
+                return (<EnumCore>self._enums[i])._set(state)
         if self._enum_map is not None:
             enum = fm_dict_get(self._enum_map, name)
             if enum is not None:
-                (<EnumCore>enum)._set(state)
-                return
+                return (<EnumCore>enum)._set(state)
         self._state_miss(state, name)
+        return 0
+
+
+# C statics (a module global would cost a dict lookup per call).
+cdef object _core_inc = Dispatcher.inc
+cdef object _core_state = Dispatcher.state
+cdef object _ONE = 1
+cdef object _STATE = "state"
+
+
+cdef dict _kwargs(PyObject **values, object kwnames):
+    cdef Py_ssize_t i
+    kwargs = {}
+    for i in range(len(<tuple>kwnames)):
+        kwargs[(<tuple>kwnames)[i]] = <object>values[i]
+    return kwargs
+
+
+cdef object _inc_impl(object self, PyObject **args, Py_ssize_t nargs, object kwnames):
+    """``inc(name, n=1)`` bound to the handler class: positional calls go
+    straight to the dispatch; every other call to ``Dispatcher.inc``."""
+    if kwnames is None:
+        if nargs == 1:
+            (<Dispatcher>self)._inc(<object>args[0], _ONE)
+            return None
+        if nargs == 2:
+            (<Dispatcher>self)._inc(<object>args[0], <object>args[1])
+            return None
+        return _core_inc(self, *fm_args_tuple(args, nargs))
+    return _core_inc(self, *fm_args_tuple(args, nargs), **_kwargs(args + nargs, kwnames))
+
+
+cdef object _state_impl(object self, PyObject **args, Py_ssize_t nargs, object kwnames):
+    """``state(state, name="state")`` bound to the handler class (as ``inc``)."""
+    if kwnames is None:
+        if nargs == 1:
+            (<Dispatcher>self)._state(<object>args[0], _STATE)
+            return None
+        if nargs == 2:
+            (<Dispatcher>self)._state(<object>args[0], <object>args[1])
+            return None
+        return _core_state(self, *fm_args_tuple(args, nargs))
+    return _core_state(self, *fm_args_tuple(args, nargs), **_kwargs(args + nargs, kwnames))
+
+
+fm_inc_impl = _inc_impl
+fm_state_impl = _state_impl
+
+
+def bind_hot_methods(handler_class):
+    """Bind ``inc``/``state`` to ``handler_class`` (a subclass of Dispatcher:
+    ``TypeError`` otherwise) as method descriptors of that very class, so
+    CPython 3.11+ specialises calls on its instances (see ``_fastcall.h``).
+    Same signatures, results and errors as Dispatcher's."""
+    if not (isinstance(handler_class, type) and issubclass(handler_class, Dispatcher)):
+        raise TypeError("handler_class must be a subclass of Dispatcher")
+    fm_bind_method(handler_class, &fm_inc_def)
+    fm_bind_method(handler_class, &fm_state_def)

@@ -24,14 +24,15 @@ class Dispatcher(_DispatcherBase):
     _counter_map: Optional[Dict[str, CounterCore]] = None
     _enum_map: Optional[Dict[str, EnumCore]] = None
     _on = False
+    _activated: Any = False
 
     @property
     def activated(self) -> Any:
-        return self.__dict__.get("activated", False)
+        return self._activated
 
     @activated.setter
     def activated(self, value: Any) -> None:
-        self.__dict__["activated"] = value
+        self._activated = value
         self._on = bool(value)
 
     def _set_dispatch(self, counters: Mapping[str, CounterCore], enums: Mapping[str, EnumCore]) -> None:
@@ -68,3 +69,12 @@ class Dispatcher(_DispatcherBase):
                 enum._set(state)
                 return
         self._state_miss(state, name)
+
+
+def bind_hot_methods(handler_class: type) -> None:
+    """The C twin binds ``inc``/``state`` as method descriptors of the handler
+    class so CPython specialises their calls; Python methods are specialised
+    as they are, so here this only checks the class (``TypeError`` unless a
+    subclass of Dispatcher)."""
+    if not (isinstance(handler_class, type) and issubclass(handler_class, Dispatcher)):
+        raise TypeError("handler_class must be a subclass of Dispatcher")

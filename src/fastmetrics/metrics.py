@@ -15,6 +15,7 @@ across ``fork()`` so a child process never inherits it locked).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import warnings
@@ -113,10 +114,12 @@ class _MetricWrapper(_WrapperBase):
     _reserved_labelnames: Sequence[str] = ()
 
     if TYPE_CHECKING:   # supplied by the core base class (fastmetrics._core_py.MetricCore is the contract)
-        def _init_parent(self, nlabels: int) -> None: ...
+        def _init_parent(self, labelnames: Sequence[str]) -> None: ...
         def _child_added(self, key: Tuple[str, ...], child: Any) -> None: ...
         def _child_removed(self, key: Tuple[str, ...]) -> None: ...
         def _children_cleared(self) -> None: ...
+        def _share_value(self, other: Any) -> None: ...
+        def _instance_dict(self) -> Optional[Dict[str, Any]]: ...
         @property
         def _metrics(self) -> Dict[Tuple[str, ...], Any]: ...
 
@@ -149,7 +152,7 @@ class _MetricWrapper(_WrapperBase):
         _upstream.validate_metric_name(self._name)
 
         if self._is_parent():
-            self._init_parent(len(self._labelnames))
+            self._init_parent(self._labelnames)
 
         if self._is_observable():
             self._metric_init()
@@ -194,6 +197,28 @@ class _MetricWrapper(_WrapperBase):
 
     def __str__(self) -> str:
         return f"{self._type}:{self._name}"
+
+    def __copy__(self: T) -> T:
+        """``copy.copy``: as prometheus_client's shallow copy, a metric that
+        counts into the same value (``reset()`` of either resets both) and
+        shares the children, not registered.  An enum copy shares the state
+        too (upstream's has its own; see README)."""
+        cls = type(self)
+        new: T = cls.__new__(cls)
+        state = self._instance_dict()   # the twin's fields, or attributes users set
+        if state:
+            new.__dict__.update(state)
+        for klass in cls.__mro__:
+            for name in klass.__dict__.get("__slots__", ()):
+                if not name.startswith("__") and hasattr(self, name):
+                    setattr(new, name, getattr(self, name))
+        with _children_lock:
+            self._share_value(new)
+        return new
+
+    def _no_value(self) -> AttributeError:
+        """prometheus_client's error for ``_value`` of a labelled parent (it has none)."""
+        return upstream_attribute_error(self, "_value")
 
     def __repr__(self) -> str:
         metric_type = type(self)
@@ -384,7 +409,8 @@ class _CounterAPI(_CounterBase):
 
     @property
     def _value(self) -> _CounterValueView:
-        self._raise_if_not_observable()
+        if self._is_parent():
+            raise self._no_value()
         return _CounterValueView(self)
 
     def reset(self) -> None:
@@ -395,6 +421,8 @@ class _CounterAPI(_CounterBase):
         however often it runs (a counter alternates between two slots).
         ``MemoryError``/``OSError`` (no slot left, or the multiprocess file
         cannot take the spare slot's metadata) leave the counter unchanged."""
+        if self._is_parent():   # upstream: self._value.set(0) on a parent
+            raise self._no_value()
         with _children_lock:
             if self._slot_index() < 0:
                 return
@@ -461,6 +489,8 @@ class _EnumAPI(_MetricWrapper):
 
     @property
     def _value(self) -> int:
+        if self._is_parent():
+            raise self._no_value()
         return self._get_index()
 
     def _child_samples(self) -> Iterable[Tuple[str, Dict[str, str], float, Any, Any]]:
@@ -485,6 +515,39 @@ _ENUM_DOC = """Which of a fixed set of states is current; one word per child.
     store, lock-free; an unknown state raises ``ValueError`` (``"'s' is not in list"``).
     """
 
+# Every attribute the public classes set, in __slots__: with the C core the
+# instance dict is never created, which CPython 3.12+ needs to specialise
+# ``o.inc`` / ``o.state`` (LOAD_ATTR_METHOD_LAZY_DICT; see _core_c.pxd).
+# tests/test_specialisation.py checks that nothing else lands in the dict.
+_WRAPPER_SLOTS = ("_original_name", "_namespace", "_subsystem", "_name", "_labelnames", "_labelvalues", "_kwargs",
+                  "_documentation", "_unit")
+_COUNTER_SLOTS = (*_WRAPPER_SLOTS, "_exemplar", "_created")
+_ENUM_SLOTS = (*_WRAPPER_SLOTS, "_states")
+
+
+_HEAPTYPE = 1 << 9   # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+
+
+def slots_for(base: type, names: Tuple[str, ...]) -> Tuple[str, ...]:
+    """The ``__slots__`` of a public class over the core class ``base``:
+    ``names`` and ``__weakref__`` (weak references work as on
+    prometheus_client's metrics) over a C core; none over a twin, whose
+    fields live in the instance dict anyway (slots would only cost it
+    CPython 3.13's inline values)."""
+    if base.__flags__ & _HEAPTYPE:
+        return ()
+    return (*names, "__weakref__")
+
+
+def upstream_attribute_error(obj: object, name: str) -> AttributeError:
+    """The ``AttributeError`` CPython raises for a missing attribute of an
+    ordinary object (prometheus_client's and pycti's), with ``name``/``obj``
+    set where the interpreter has them (3.10+)."""
+    error = AttributeError(f"'{type(obj).__name__}' object has no attribute '{name}'")
+    if sys.version_info >= (3, 10):
+        error.name, error.obj = name, obj
+    return error
+
 _classes: Dict[str, Tuple[type, type]] = {}
 _classes_lock = threading.Lock()
 
@@ -499,35 +562,31 @@ def classes_for(core: ModuleType) -> Tuple[type, type]:
         if pair is None:
             # The base is the core chosen at run time (C or twin): type checkers see the
             # TYPE_CHECKING classes at the end of this module instead.
-            class Counter(core.CounterCore, _CounterAPI):  # type: ignore[name-defined,misc]  # run-time base
+            class Counter(core.CounterCore, _CounterAPI, prometheus_client.Counter):  # type: ignore[name-defined,misc]  # run-time base
+                __slots__ = slots_for(core.CounterCore, _COUNTER_SLOTS)
                 __doc__ = _COUNTER_DOC
                 __module__ = __name__
                 __qualname__ = "Counter"
 
-            class Enum(core.EnumCore, _EnumAPI):  # type: ignore[name-defined,misc]  # run-time base, as above
+            class Enum(core.EnumCore, _EnumAPI, prometheus_client.Enum):  # type: ignore[name-defined,misc,override]  # run-time base, as above
+                __slots__ = slots_for(core.EnumCore, _ENUM_SLOTS)
                 __doc__ = _ENUM_DOC
                 __module__ = __name__
                 __qualname__ = "Enum"
 
+            core.bind_hot_methods(Counter, Enum)
             pair = _classes[core.implementation] = (Counter, Enum)
         return pair
 
 
-def upstream_class(metric: object) -> Optional[type]:
-    """The prometheus_client class ``metric`` stands in for (``Counter`` or
-    ``Enum``), or None if it is not a fastmetrics metric."""
-    if isinstance(metric, _CounterAPI):
-        return prometheus_client.Counter
-    if isinstance(metric, _EnumAPI):
-        return prometheus_client.Enum
-    return None
-
-
 if TYPE_CHECKING:  # what the selector returns, as type checkers see it (the twin's API)
-    class Counter(_core.CounterCore, _CounterAPI):
+    # prometheus_client's classes are bases at run time too: a fastmetrics metric
+    # type-checks wherever theirs is expected.  The ignores are about private
+    # members only (ours are the core's, with other types).
+    class Counter(_core.CounterCore, _CounterAPI, prometheus_client.Counter):  # type: ignore[misc]
         pass
 
-    class Enum(_core.EnumCore, _EnumAPI):
+    class Enum(_core.EnumCore, _EnumAPI, prometheus_client.Enum):  # type: ignore[misc,override]
         pass
 else:
     Counter, Enum = classes_for(_core.core)

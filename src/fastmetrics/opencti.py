@@ -51,14 +51,6 @@ _STATE = ("state", "state", "State of connector")
 _STATES = ["idle", "running", "stopped"]
 
 
-def _stands_in_for(metric: Any, expected_type: Any) -> bool:
-    """Whether ``isinstance(m, expected_type)`` holds for the prometheus_client
-    metric that ``metric`` replaces (so ``prometheus_client.Counter`` matches our
-    counters, as it matches pycti's)."""
-    upstream = metrics.upstream_class(metric)
-    return upstream is not None and issubclass(upstream, expected_type)
-
-
 if TYPE_CHECKING:   # the upcall contract the core calls, for type checkers only
     _HandlerBase = DispatchUpcalls
 else:
@@ -76,7 +68,20 @@ class _HandlerAPI(_HandlerBase):
 
     _counter_class: Type[metrics.Counter]
     _enum_class: Type[metrics.Enum]
-    _metrics: Dict[str, Any]   # pycti's: connectors may add their own metrics
+    _metrics_dict: Dict[str, Any]
+
+    @property
+    def _metrics(self) -> Dict[str, Any]:
+        """pycti's ``_metrics`` (connectors may add their own metrics); set only
+        when activated, else pycti's ``AttributeError``."""
+        try:
+            return self._metrics_dict
+        except AttributeError:
+            raise metrics.upstream_attribute_error(self, "_metrics") from None
+
+    @_metrics.setter
+    def _metrics(self, value: Dict[str, Any]) -> None:
+        self._metrics_dict = value
 
     if TYPE_CHECKING:   # supplied by the core base class (fastmetrics._dispatch_py.Dispatcher is the contract)
         activated: Any
@@ -126,7 +131,7 @@ class _HandlerAPI(_HandlerBase):
             self.connector_logger.error("Metric does not exist.", {"name": name})
             return False
         metric = self._metrics[name]
-        if not (isinstance(metric, expected_type) or _stands_in_for(metric, expected_type)):
+        if not isinstance(metric, expected_type):   # our classes derive from prometheus_client's
             self.connector_logger.error(
                 "Metric not of expected type",
                 {"name": name, "expected_type": expected_type},
@@ -185,14 +190,21 @@ def handler_class_for(core: ModuleType) -> type:
 
             # The base is the dispatcher chosen at run time (C or twin): type checkers see
             # the TYPE_CHECKING class below instead.
+            dispatcher: type = _core.dispatch_for(core).Dispatcher
+
             class OpenCTIMetricHandler(_core.dispatch_for(core).Dispatcher,  # type: ignore[misc]  # run-time base
                                        _HandlerAPI):
+                # Every attribute pycti's handler has, in a slot: the core's
+                # instance dict stays empty, so CPython 3.12+ specialises
+                # ``handler.inc`` (see fastmetrics._core_c.pxd).
+                __slots__ = metrics.slots_for(dispatcher, ("connector_logger", "_metrics_dict"))
                 __doc__ = _HANDLER_DOC
                 __module__ = __name__
                 __qualname__ = "OpenCTIMetricHandler"
                 _counter_class = counter
                 _enum_class = enum
 
+            _core.dispatch_for(core).bind_hot_methods(OpenCTIMetricHandler)
             cls = _handler_classes[core.implementation] = OpenCTIMetricHandler
         return cls
 
