@@ -359,10 +359,7 @@ static inline int fm_pf_add(const Py_ssize_t *slot_ref, double amount) {
         t = fm_pf_acquire();
         if (t == NULL) return -1;
     }
-    seq = t->seq;
-    fm_store_ssize(&t->seq, seq + 1);
-    if (FM_UNLIKELY(fm_writer_fence)) FM_FULL_FENCE();
-    else FM_COMPILER_BARRIER();
+    seq = fm_seq_enter(&t->seq);
     slot = fm_load_ssize(slot_ref);
     if (FM_UNLIKELY(slot < 0)) {
         rc = -2;
@@ -373,7 +370,7 @@ static inline int fm_pf_add(const Py_ssize_t *slot_ref, double amount) {
         if (FM_UNLIKELY(w == NULL)) rc = -1;
         else fm_store_double(w, fm_load_double(w) + amount);
     }
-    fm_store_ssize_release(&t->seq, seq + 2);
+    fm_seq_exit(&t->seq, seq);
     return rc;
 }
 
@@ -389,11 +386,8 @@ static int fm_pf_touch(Py_ssize_t slot) {
 static void fm_pf_quiesce(void) {
     fm_pf_thread *t;
     fm_heavy_barrier();
-    for (t = (fm_pf_thread *)fm_load_ptr_acquire((void *const *)&fm_pf_all); t != NULL; t = t->next_all) {
-        Py_ssize_t seq = fm_load_ssize_acquire(&t->seq);
-        if (t == fm_pf_tls || !(seq & 1)) continue;
-        while (fm_load_ssize_acquire(&t->seq) == seq) fm_yield();
-    }
+    for (t = (fm_pf_thread *)fm_load_ptr_acquire((void *const *)&fm_pf_all); t != NULL; t = t->next_all)
+        if (t != fm_pf_tls) fm_seq_wait(&t->seq);
 }
 
 static inline double *fm_pf_word_of(fm_pf_thread *t, Py_ssize_t slot) {

@@ -512,6 +512,29 @@ static int fm_stripe_add(fm_ticket *t, Py_ssize_t slot, double amount) {
     return 0;
 }
 
+/* The seq bracket (see "Memory model"): an increment makes its record's
+ * `seq` odd before it reads a slot index and even again after its store; a
+ * quiescing thread waits for an odd seq to move.  Shared by every store whose
+ * increments reset() must wait for (this one, _promfile.h). */
+static inline Py_ssize_t fm_seq_enter(Py_ssize_t *seqp) {
+    Py_ssize_t seq = *seqp;   /* owner-only stores */
+    fm_store_ssize(seqp, seq + 1);
+    if (FM_UNLIKELY(fm_writer_fence)) FM_FULL_FENCE();
+    else FM_COMPILER_BARRIER();
+    return seq;
+}
+
+static inline void fm_seq_exit(Py_ssize_t *seqp, Py_ssize_t seq) {
+    fm_store_ssize_release(seqp, seq + 2);
+}
+
+/* Wait until an increment in flight on this record (odd seq) has finished. */
+static void fm_seq_wait(const Py_ssize_t *seqp) {
+    Py_ssize_t seq = fm_load_ssize_acquire(seqp);
+    if (!(seq & 1)) return;
+    while (fm_load_ssize_acquire(seqp) == seq) fm_yield();
+}
+
 /* Hot path: add `amount` to the calling thread's shard's partial sum of the
  * slot that `*slot_ref` names *now* (read inside the ticket's seq bracket, so
  * that a concurrent reset's fm_quiesce() waits for this store).
@@ -526,10 +549,7 @@ static inline int fm_add(const Py_ssize_t *slot_ref, double amount) {
         t = fm_acquire_ticket();
         if (t == NULL) return -1;
     }
-    seq = t->seq;
-    fm_store_ssize(&t->seq, seq + 1);
-    if (FM_UNLIKELY(fm_writer_fence)) FM_FULL_FENCE();
-    else FM_COMPILER_BARRIER();
+    seq = fm_seq_enter(&t->seq);
     slot = fm_load_ssize(slot_ref);
     if (FM_UNLIKELY(slot < 0)) {
         rc = -2;
@@ -546,7 +566,7 @@ static inline int fm_add(const Py_ssize_t *slot_ref, double amount) {
     } else {
         rc = fm_stripe_add(t, slot, amount);
     }
-    fm_store_ssize_release(&t->seq, seq + 2);
+    fm_seq_exit(&t->seq, seq);
     return rc;
 }
 
@@ -558,11 +578,8 @@ static void fm_quiesce(void) {
     fm_ticket *t;
     fm_ticket *own = fm_tls_ticket;
     fm_heavy_barrier();
-    for (t = (fm_ticket *)fm_load_ptr_acquire((void *const *)&fm_all_tickets); t != NULL; t = t->next_all) {
-        Py_ssize_t seq = fm_load_ssize_acquire(&t->seq);
-        if (t == own || !(seq & 1)) continue;
-        while (fm_load_ssize_acquire(&t->seq) == seq) fm_yield();
-    }
+    for (t = (fm_ticket *)fm_load_ptr_acquire((void *const *)&fm_all_tickets); t != NULL; t = t->next_all)
+        if (t != own) fm_seq_wait(&t->seq);
 }
 
 /* Scrape: sum of every shard's partial sum for `slot`.  Lock-free, never
