@@ -23,6 +23,8 @@ from . import _format as fmt
 from . import _reaper
 from ._format import EnumValue, Header, Meta, SeriesKey
 from ._locks import owner_alive
+from ._plan import Plan, make_plan, read_counts, series_name, valid_count, valid_word
+from ._templates import Templates
 
 _FileKey = Tuple[str, int, int]   # (path, device, inode)
 
@@ -168,26 +170,6 @@ def _parse_meta(body: bytes, kind: str) -> Meta:
     return meta
 
 
-def _valid_count(value: float) -> bool:
-    """Whether ``value`` is a count a counter can hold: +Inf is one (an
-    ``inc(inf)``, or a sum past the largest float); NaN and negatives are not."""
-    return value >= 0.0   # False for NaN
-
-
-def _valid_word(version: int, word: int, meta: Meta) -> Optional[EnumValue]:
-    """The decoded word, or None if it names no state of ``meta``."""
-    if word < 0:
-        return None
-    enum = fmt.decode_word(version, word)
-    return enum if enum.index < len(meta.states) else None
-
-
-def _series_name(meta: Meta) -> str:
-    """``'name'{label='value',...}`` for messages."""
-    labels = ",".join(f"{k}={v!r}" for k, v in zip(meta.labelnames, meta.labelvalues))
-    return f"{meta.name!r}{{{labels}}}" if labels else repr(meta.name)
-
-
 def _descriptor_budget() -> int:
     """How many files a :class:`Reader` keeps mapped: a quarter of this
     process's descriptor limit, at most 1024."""
@@ -201,9 +183,10 @@ def _descriptor_budget() -> int:
     return max(0, min(1024, soft // 4))
 
 
-# What a plan reads: (counters: (key, meta, float64 indices), enums: (key, meta, int64 index),
-# problems: enums without a word)
-_Plan = Tuple[List[Tuple[SeriesKey, Meta, Tuple[int, ...]]], List[Tuple[SeriesKey, Meta, int]], List[str]]
+# A process file's walk, as a template keeps it (:mod:`._templates`):
+# (chunks, words, counter_slots, enum_slots, retired, problems, plan)
+_Walk = Tuple[Dict[int, Tuple[int, ...]], Dict[int, int], Dict[int, Meta], Dict[int, Meta], Set[int], List[str],
+              Plan]
 
 
 class _Layout:
@@ -243,22 +226,30 @@ class _Layout:
         self.metas: Dict[SeriesKey, Meta] = {}
         self.absorbed: Set[bytes] = set()
         self.problems: List[str] = []                    # records left out by the walk
-        self.plan: Optional[_Plan] = None
+        self.plan: Optional[Plan] = None
 
-    def make_plan(self) -> _Plan:
-        mask = fmt.CHUNK_SLOTS - 1
-        counters = [(meta.key, meta, tuple((start >> 3) + (slot & mask)
-                                           for start in self.chunks.get(slot >> fmt.CHUNK_BITS, ())))
-                    for slot, meta in self.counter_slots.items() if slot not in self.retired]
-        enums, problems = [], []
-        for slot, meta in self.enum_slots.items():
-            start = self.words.get(slot >> fmt.CHUNK_BITS)
-            if start is None:
-                problems.append(f"{_series_name(meta)}: enum without a word record; series skipped")
-            else:
-                enums.append((meta.key, meta, (start >> 3) + (slot & mask)))
-        self.plan = (counters, enums, problems)
+    def make_plan(self) -> Plan:
+        self.plan = make_plan(self.counter_slots, self.enum_slots, self.chunks, self.words, self.retired)
         return self.plan
+
+    def walk(self) -> _Walk:
+        """A copy of what the walk of a process file found, for a template."""
+        return ({chunk: tuple(starts) for chunk, starts in self.chunks.items()}, dict(self.words),
+                dict(self.counter_slots), dict(self.enum_slots), set(self.retired), list(self.problems),
+                self.plan or self.make_plan())
+
+    def take(self, walk: _Walk, scanned: int) -> None:
+        """Become the layout a walk from the first record up to ``scanned``
+        would make, ``walk`` being that walk of a file with the same records."""
+        chunks, words, counter_slots, enum_slots, retired, problems, plan = walk
+        self.chunks = {chunk: list(starts) for chunk, starts in chunks.items()}
+        self.words = dict(words)
+        self.counter_slots = dict(counter_slots)
+        self.enum_slots = dict(enum_slots)
+        self.retired = set(retired)
+        self.problems = list(problems)
+        self.plan = plan   # never mutated: shared
+        self.scanned = scanned
 
 
 class Reader:
@@ -278,6 +269,7 @@ class Reader:
         self._layouts: Dict[_FileKey, _Layout] = {}
         self._touched: Set[_FileKey] = set()
         self._metas: Dict[Tuple[bytes, str], Union[Meta, str]] = {}
+        self._templates: Templates[_Walk] = Templates()
         # Mappings kept between reads (a fresh one costs ~10 us: mmap, faults,
         # munmap); each holds a descriptor, so at most a quarter of the limit.
         self._mapped: Dict[_FileKey, Tuple[mmap.mmap, int]] = {}
@@ -374,41 +366,36 @@ class Reader:
     def _read_counts(self, path: str, mm: mmap.mmap, used: int, layout: _Layout) -> ParsedFile:
         """A process file's series, its counts read now through its plan."""
         head = layout.header
-        counter_plan, enum_plan, plan_problems = layout.plan or layout.make_plan()
-        counters: Dict[SeriesKey, float] = {}
-        enums: Dict[SeriesKey, EnumValue] = {}
-        metas: Dict[SeriesKey, Meta] = {}
-        bad: Dict[SeriesKey, str] = {}
-        if counter_plan or enum_plan:
+        plan = layout.plan or layout.make_plan()
+        if plan.counters or plan.enums:
             # Counts are being stored right now: read them with 8-byte loads.
             with memoryview(mm) as whole, whole[:used] as view, view.cast("d") as as_f64, \
                     view.cast("q") as as_i64:
-                for series, meta, indices in counter_plan:
-                    value = 0.0
-                    for i in indices:
-                        value += as_f64[i]
-                    if _valid_count(value):
-                        counters[series] = counters.get(series, 0.0) + value
-                        metas[series] = meta
-                    else:
-                        bad.setdefault(series, f"{_series_name(meta)}: invalid count {value!r}; series skipped")
-                for series, meta, i in enum_plan:
-                    word = as_i64[i]
-                    enum = _valid_word(head.version, word, meta)
-                    if enum is not None:
-                        enums[series] = enum
-                        metas[series] = meta
-                    else:
-                        bad.setdefault(series, f"{_series_name(meta)}: invalid enum word {word}; series skipped")
-        for series in bad:
-            counters.pop(series, None)
-            enums.pop(series, None)
-            metas.pop(series, None)
+                counters, enums, metas, problems = read_counts(plan, as_f64, as_i64, head.version)
+        else:
+            counters, enums, metas, problems = {}, {}, {}, list(plan.problems)
         return ParsedFile(path, head.uid, head.pid, head.created_ns, False, counters, enums, metas, set(),
-                          layout.problems + plan_problems + list(bad.values()))
+                          layout.problems + problems)
 
     def _walk(self, mm: mmap.mmap, layout: _Layout, used: int, archive: bool) -> None:
-        """Walk the records from ``layout.scanned`` up to ``used``."""
+        """Walk the records from ``layout.scanned`` up to ``used``.  A process
+        file walked from its first record takes what it can of a template
+        (:mod:`._templates`) and becomes one."""
+        fresh = layout.scanned == fmt.HDR_SIZE and not archive
+        found = None
+        if fresh:
+            found = self._templates.find(mm, used)
+            if found is not None:
+                layout.take(found[1], found[0])
+                if layout.scanned == used:
+                    return
+        self._walk_records(mm, layout, used, archive)
+        if fresh and (found is None or layout.scanned > found[0]):
+            payloads = [start for starts in layout.chunks.values() for start in starts] + list(layout.words.values())
+            self._templates.add(mm, layout.scanned, payloads, layout.walk())
+
+    def _walk_records(self, mm: mmap.mmap, layout: _Layout, used: int, archive: bool) -> None:
+        """Walk the records from ``layout.scanned`` up to ``used``, one by one."""
         layout.plan = None
         off = layout.scanned
         while off < used:
@@ -472,15 +459,15 @@ class Reader:
             return
         if total:
             (value,) = packed.unpack_from(payload, fmt.CRC.size)
-            if not _valid_count(value):
-                layout.problems.append(f"{_series_name(meta)}: invalid count {value!r}; series skipped")
+            if not valid_count(value):
+                layout.problems.append(f"{series_name(meta)}: invalid count {value!r}; series skipped")
                 return
             layout.counters[meta.key] = layout.counters.get(meta.key, 0.0) + value
         else:
             (word,) = packed.unpack_from(payload, fmt.CRC.size)
-            enum = _valid_word(layout.header.version, word, meta)
+            enum = valid_word(layout.header.version, word, meta)
             if enum is None:
-                layout.problems.append(f"{_series_name(meta)}: invalid enum word {word}; series skipped")
+                layout.problems.append(f"{series_name(meta)}: invalid enum word {word}; series skipped")
                 return
             layout.enums[meta.key] = enum
         layout.metas[meta.key] = meta
@@ -488,14 +475,22 @@ class Reader:
     def _meta(self, payload: bytes, kind: str, prefix: int) -> Union[Meta, str]:
         """The metadata in ``payload`` (crc + ``prefix`` bytes + JSON), or why
         it is invalid; checked once per distinct payload: every process
-        declares the same metrics."""
-        meta = self._metas.get((payload, kind))
+        declares the same metrics.  An archive record's payload (``prefix``:
+        its value) is checked against its crc each time, and its JSON parsed
+        once: every archive repeats the metadata of the one before."""
+        key: Tuple[bytes, str] = (payload, kind)
+        if prefix:
+            try:
+                key = (_checked_body(payload)[prefix:], kind + "/json")
+            except CorruptFile as e:
+                return str(e)
+        meta = self._metas.get(key)
         if meta is None:
             try:
-                meta = _parse_meta(_checked_body(payload)[prefix:], kind)
+                meta = _parse_meta(key[0] if prefix else _checked_body(payload), kind)
             except CorruptFile as e:
                 meta = str(e)
             if len(self._metas) >= self._META_CACHE_MAX:
                 self._metas.clear()
-            self._metas[(payload, kind)] = meta
+            self._metas[key] = meta
         return meta

@@ -1,0 +1,165 @@
+"""How a process file's counts are read: its plan, and the read.
+
+A :class:`~._reader.Reader` walks a file's records once (:class:`Plan` is
+built from what the walk found) and reads the counts through the plan on
+every scrape.  Counters are read in bulk (C-level ``map`` over the mapping's
+8-byte words, one batch per number of chunks a series spans), so a file of
+S series costs O(S) C steps and O(chunk widths) Python steps; a file whose
+series have several slots (a ``reset()``), or whose counts include an
+invalid one, is read series by series, with the same result.
+
+Contracts: a plan is never mutated once built, so layouts that describe the
+same records may share one; :func:`read_counts` reads only, raises nothing
+for bad values (the series is left out and described), and sums each
+series' words left to right from 0.0, as the writer's threads' partial sums
+are meant to be added.
+"""
+
+from __future__ import annotations
+
+import operator
+from itertools import repeat
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+
+from . import _format as fmt
+from ._format import EnumValue, Meta, SeriesKey
+
+
+def valid_count(value: float) -> bool:
+    """Whether ``value`` is a count a counter can hold: +Inf is one (an
+    ``inc(inf)``, or a sum past the largest float); NaN and negatives are not."""
+    return value >= 0.0   # False for NaN
+
+
+_valid_counts = (0.0).__le__   # valid_count, as a C callable for map()
+
+
+def valid_word(version: int, word: int, meta: Meta) -> Optional[EnumValue]:
+    """The decoded word, or None if it names no state of ``meta``."""
+    if word < 0:
+        return None
+    enum = fmt.decode_word(version, word)
+    return enum if enum.index < len(meta.states) else None
+
+
+def series_name(meta: Meta) -> str:
+    """``'name'{label='value',...}`` for messages."""
+    labels = ",".join(f"{k}={v!r}" for k, v in zip(meta.labelnames, meta.labelvalues))
+    return f"{meta.name!r}{{{labels}}}" if labels else repr(meta.name)
+
+
+class Batch(NamedTuple):
+    """A plan's counters, for the bulk read: each series once."""
+
+    keys: Tuple[SeriesKey, ...]                                   # plan order
+    groups: Tuple[Tuple[int, Tuple[SeriesKey, ...], Tuple[int, ...]], ...]   # (width, keys, width indices per key)
+    metas: Dict[SeriesKey, Meta]                                  # plan order
+
+
+class Plan(NamedTuple):
+    """What to read of a file: float64 word indices per counter slot, the
+    int64 word index per enum, the enums without a word (problems), and the
+    counters in bulk form (None when a series has several slots)."""
+
+    counters: List[Tuple[SeriesKey, Meta, Tuple[int, ...]]]
+    enums: List[Tuple[SeriesKey, Meta, int]]
+    problems: List[str]
+    batch: Optional[Batch]
+
+
+def make_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], chunks: Dict[int, List[int]],
+              words: Dict[int, int], retired: Set[int]) -> Plan:
+    """The plan of a layout's slots (``chunks``/``words``: chunk index ->
+    payload offsets).  O(slots)."""
+    mask = fmt.CHUNK_SLOTS - 1
+    bases = {chunk: tuple(start >> 3 for start in starts) for chunk, starts in chunks.items()}
+    counters = []
+    for slot, meta in counter_slots.items():
+        if slot in retired:
+            continue
+        chunk_bases = bases.get(slot >> fmt.CHUNK_BITS, ())
+        i = slot & mask
+        counters.append((meta.key, meta, (chunk_bases[0] + i,) if len(chunk_bases) == 1
+                         else tuple(base + i for base in chunk_bases)))
+    enums, problems = [], []
+    for slot, meta in enum_slots.items():
+        start = words.get(slot >> fmt.CHUNK_BITS)
+        if start is None:
+            problems.append(f"{series_name(meta)}: enum without a word record; series skipped")
+        else:
+            enums.append((meta.key, meta, (start >> 3) + (slot & mask)))
+    return Plan(counters, enums, problems, _batch(counters))
+
+
+def _batch(counters: List[Tuple[SeriesKey, Meta, Tuple[int, ...]]]) -> Optional[Batch]:
+    keys = tuple(key for key, _, _ in counters)
+    metas = {key: meta for key, meta, _ in counters}
+    if len(metas) != len(keys):
+        return None   # a series in several slots: read series by series
+    by_width: Dict[int, Tuple[List[SeriesKey], List[int]]] = {}
+    for key, _, indices in counters:
+        group_keys, flat = by_width.setdefault(len(indices), ([], []))
+        group_keys.append(key)
+        flat.extend(indices)
+    return Batch(keys, tuple((width, tuple(group_keys), tuple(flat))
+                             for width, (group_keys, flat) in by_width.items()), metas)
+
+
+Counts = Tuple[Dict[SeriesKey, float], Dict[SeriesKey, EnumValue], Dict[SeriesKey, Meta], List[str]]
+
+
+def read_counts(plan: Plan, as_f64: memoryview, as_i64: memoryview, version: int) -> Counts:
+    """``(counters, enums, metas, problems)`` of a file, read now through
+    ``plan`` from its words (``as_f64`` / ``as_i64``: the file below
+    ``used``, cast; every load is one 8-byte load, as writers store them
+    concurrently).  A series with an invalid count or word is left out and
+    described in ``problems``."""
+    counters = _bulk_counters(plan.batch, as_f64) if plan.batch is not None else None
+    metas: Dict[SeriesKey, Meta]
+    bad: Dict[SeriesKey, str] = {}
+    if counters is not None:
+        metas = dict(plan.batch.metas) if plan.batch is not None else {}
+    else:
+        counters, metas = {}, {}
+        for series, meta, indices in plan.counters:
+            value = 0.0
+            for i in indices:
+                value += as_f64[i]
+            if valid_count(value):
+                counters[series] = counters.get(series, 0.0) + value
+                metas[series] = meta
+            else:
+                bad.setdefault(series, f"{series_name(meta)}: invalid count {value!r}; series skipped")
+    enums: Dict[SeriesKey, EnumValue] = {}
+    for series, meta, i in plan.enums:
+        word = as_i64[i]
+        enum = valid_word(version, word, meta)
+        if enum is not None:
+            enums[series] = enum
+            metas[series] = meta
+        else:
+            bad.setdefault(series, f"{series_name(meta)}: invalid enum word {word}; series skipped")
+    for series in bad:
+        counters.pop(series, None)
+        enums.pop(series, None)
+        metas.pop(series, None)
+    return counters, enums, metas, plan.problems + list(bad.values())
+
+
+def _bulk_counters(batch: Batch, as_f64: memoryview) -> Optional[Dict[SeriesKey, float]]:
+    """Every counter of ``batch``, or None if one is invalid (the caller then
+    reads series by series, to describe it).  Sums are those of the series
+    loop: 0.0, plus each word left to right."""
+    counters: Dict[SeriesKey, float] = dict.fromkeys(batch.keys, 0.0)
+    load = as_f64.__getitem__
+    for width, keys, flat in batch.groups:
+        if width == 0:
+            continue   # no chunk yet: 0.0
+        words = list(map(load, flat))
+        sums = list(map(operator.add, repeat(0.0), words[0::width]))
+        for j in range(1, width):
+            sums = list(map(operator.add, sums, words[j::width]))
+        if not all(map(_valid_counts, sums)):
+            return None
+        counters.update(zip(keys, sums))
+    return counters
