@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from itertools import repeat
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from . import _format as fmt
 from ._format import EnumValue, Meta, SeriesKey
@@ -108,7 +108,7 @@ def _batch(counters: List[Tuple[SeriesKey, Meta, Tuple[int, ...]]]) -> Optional[
 Counts = Tuple[Dict[SeriesKey, float], Dict[SeriesKey, EnumValue], Dict[SeriesKey, Meta], List[str]]
 
 
-def read_counts(plan: Plan, as_f64: memoryview, as_i64: memoryview, version: int) -> Counts:
+def read_counts(plan: Plan, as_f64: Sequence[float], as_i64: Sequence[int], version: int) -> Counts:
     """``(counters, enums, metas, problems)`` of a file, read now through
     ``plan`` from its words (``as_f64`` / ``as_i64``: the file below
     ``used``, cast; every load is one 8-byte load, as writers store them
@@ -146,7 +146,7 @@ def read_counts(plan: Plan, as_f64: memoryview, as_i64: memoryview, version: int
     return counters, enums, metas, plan.problems + list(bad.values())
 
 
-def _bulk_counters(batch: Batch, as_f64: memoryview) -> Optional[Dict[SeriesKey, float]]:
+def _bulk_counters(batch: Batch, as_f64: Sequence[float]) -> Optional[Dict[SeriesKey, float]]:
     """Every counter of ``batch``, or None if one is invalid (the caller then
     reads series by series, to describe it).  Sums are those of the series
     loop: 0.0, plus each word left to right."""
