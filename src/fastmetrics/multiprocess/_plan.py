@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from itertools import repeat
-from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, cast
 
 from . import _format as fmt
 from ._format import EnumValue, Meta, SeriesKey
@@ -70,7 +70,18 @@ class Plan(NamedTuple):
 def make_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], chunks: Dict[int, List[int]],
               words: Dict[int, int], retired: Set[int]) -> Plan:
     """The plan of a layout's slots (``chunks``/``words``: chunk index ->
-    payload offsets).  O(slots)."""
+    payload offsets).  O(slots); in C steps when every counter's chunk was
+    written by one thread and no slot is retired (the usual file)."""
+    if not retired and all(len(starts) == 1 for starts in chunks.values()):
+        plan = _one_thread_plan(counter_slots, enum_slots, chunks, words)
+        if plan is not None:
+            return plan
+    return _looped_plan(counter_slots, enum_slots, chunks, words, retired)
+
+
+def _looped_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], chunks: Dict[int, List[int]],
+                 words: Dict[int, int], retired: Set[int]) -> Plan:
+    """:func:`make_plan`, slot by slot (any layout)."""
     mask = fmt.CHUNK_SLOTS - 1
     bases = {chunk: tuple(start >> 3 for start in starts) for chunk, starts in chunks.items()}
     counters = []
@@ -81,6 +92,37 @@ def make_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], chunk
         i = slot & mask
         counters.append((meta.key, meta, (chunk_bases[0] + i,) if len(chunk_bases) == 1
                          else tuple(base + i for base in chunk_bases)))
+    enums, problems = _enum_plan(enum_slots, words)
+    return Plan(counters, enums, problems, _batch(counters))
+
+
+_series_key = operator.attrgetter("name", "labelvalues")   # Meta.key, in C
+
+
+def _one_thread_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], chunks: Dict[int, List[int]],
+                     words: Dict[int, int]) -> Optional[Plan]:
+    """:func:`make_plan`'s result when each chunk has one payload and no
+    slot is retired, by C-level maps over the slots; None if a counter's
+    chunk is missing (:func:`make_plan` then loops)."""
+    base = {chunk: starts[0] >> 3 for chunk, starts in chunks.items()}
+    slots = list(counter_slots)
+    bases = list(map(base.get, map(operator.rshift, slots, repeat(fmt.CHUNK_BITS))))
+    if None in bases:
+        return None
+    flat: Tuple[int, ...] = tuple(map(operator.add, cast(List[int], bases),
+                                      map(operator.and_, slots, repeat(fmt.CHUNK_SLOTS - 1))))
+    metas = list(counter_slots.values())
+    keys = cast(Tuple[SeriesKey, ...], tuple(map(_series_key, metas)))
+    counters: List[Tuple[SeriesKey, Meta, Tuple[int, ...]]] = list(zip(keys, metas, zip(flat)))
+    enums, problems = _enum_plan(enum_slots, words)
+    by_key = dict(zip(keys, metas))
+    batch = Batch(keys, ((1, keys, flat),) if flat else (), by_key) if len(by_key) == len(keys) else None
+    return Plan(counters, enums, problems, batch)
+
+
+def _enum_plan(enum_slots: Dict[int, Meta], words: Dict[int, int]) -> Tuple[List[Tuple[SeriesKey, Meta, int]],
+                                                                           List[str]]:
+    mask = fmt.CHUNK_SLOTS - 1
     enums, problems = [], []
     for slot, meta in enum_slots.items():
         start = words.get(slot >> fmt.CHUNK_BITS)
@@ -88,7 +130,7 @@ def make_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], chunk
             problems.append(f"{series_name(meta)}: enum without a word record; series skipped")
         else:
             enums.append((meta.key, meta, (start >> 3) + (slot & mask)))
-    return Plan(counters, enums, problems, _batch(counters))
+    return enums, problems
 
 
 def _batch(counters: List[Tuple[SeriesKey, Meta, Tuple[int, ...]]]) -> Optional[Batch]:
