@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from itertools import repeat
-from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, cast
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, cast
 
 from . import _format as fmt
 from ._format import EnumValue, Meta, SeriesKey
@@ -57,23 +57,38 @@ class Batch(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """What to read of a file: float64 word indices per counter slot, the
-    int64 word index per enum, the enums without a word (problems), and the
-    counters in bulk form (None when a series has several slots)."""
+    """What to read of a file: the counters in bulk form (None when a series
+    has several slots), float64 word indices per counter slot (None when
+    ``batch`` has them: :func:`counter_entries`), the int64 word index per
+    enum, and the enums without a word (problems).  A plan of S series is
+    O(1) objects for the garbage collector when it is a one-thread plan."""
 
-    counters: List[Tuple[SeriesKey, Meta, Tuple[int, ...]]]
+    batch: Optional[Batch]
+    counters: Optional[List[Tuple[SeriesKey, Meta, Tuple[int, ...]]]]
     enums: List[Tuple[SeriesKey, Meta, int]]
     problems: List[str]
-    batch: Optional[Batch]
 
 
-def make_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], chunks: Dict[int, List[int]],
-              words: Dict[int, int], retired: Set[int]) -> Plan:
-    """The plan of a layout's slots (``chunks``/``words``: chunk index ->
-    payload offsets).  O(slots); in C steps when every counter's chunk was
-    written by one thread and no slot is retired (the usual file)."""
+CounterEntries = Iterable[Tuple[SeriesKey, Meta, Tuple[int, ...]]]
+
+
+def counter_entries(plan: Plan) -> CounterEntries:
+    """``(key, meta, float64 indices)`` per counter slot, in plan order."""
+    if plan.counters is not None:
+        return plan.counters
+    assert plan.batch is not None
+    return ((key, plan.batch.metas[key], flat[i * width:(i + 1) * width])
+            for width, keys, flat in plan.batch.groups for i, key in enumerate(keys))
+
+
+def make_plan(counter_slots: Dict[int, Meta], counter_keys: Dict[int, SeriesKey], enum_slots: Dict[int, Meta],
+              chunks: Dict[int, List[int]], words: Dict[int, int], retired: Set[int]) -> Plan:
+    """The plan of a layout's slots (``counter_keys``: the counter slots'
+    keys, in the same order; ``chunks``/``words``: chunk index -> payload
+    offsets).  O(slots); in C steps when every counter's chunk was written
+    by one thread and no slot is retired (the usual file)."""
     if not retired and all(len(starts) == 1 for starts in chunks.values()):
-        plan = _one_thread_plan(counter_slots, enum_slots, chunks, words)
+        plan = _one_thread_plan(counter_slots, counter_keys, enum_slots, chunks, words)
         if plan is not None:
             return plan
     return _looped_plan(counter_slots, enum_slots, chunks, words, retired)
@@ -93,14 +108,11 @@ def _looped_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], ch
         counters.append((meta.key, meta, (chunk_bases[0] + i,) if len(chunk_bases) == 1
                          else tuple(base + i for base in chunk_bases)))
     enums, problems = _enum_plan(enum_slots, words)
-    return Plan(counters, enums, problems, _batch(counters))
+    return Plan(_batch(counters), counters, enums, problems)
 
 
-_series_key = operator.attrgetter("name", "labelvalues")   # Meta.key, in C
-
-
-def _one_thread_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta], chunks: Dict[int, List[int]],
-                     words: Dict[int, int]) -> Optional[Plan]:
+def _one_thread_plan(counter_slots: Dict[int, Meta], counter_keys: Dict[int, SeriesKey], enum_slots: Dict[int, Meta],
+                     chunks: Dict[int, List[int]], words: Dict[int, int]) -> Optional[Plan]:
     """:func:`make_plan`'s result when each chunk has one payload and no
     slot is retired, by C-level maps over the slots; None if a counter's
     chunk is missing (:func:`make_plan` then loops)."""
@@ -112,12 +124,12 @@ def _one_thread_plan(counter_slots: Dict[int, Meta], enum_slots: Dict[int, Meta]
     flat: Tuple[int, ...] = tuple(map(operator.add, cast(List[int], bases),
                                       map(operator.and_, slots, repeat(fmt.CHUNK_SLOTS - 1))))
     metas = list(counter_slots.values())
-    keys = cast(Tuple[SeriesKey, ...], tuple(map(_series_key, metas)))
-    counters: List[Tuple[SeriesKey, Meta, Tuple[int, ...]]] = list(zip(keys, metas, zip(flat)))
+    keys = tuple(counter_keys.values())
     enums, problems = _enum_plan(enum_slots, words)
     by_key = dict(zip(keys, metas))
-    batch = Batch(keys, ((1, keys, flat),) if flat else (), by_key) if len(by_key) == len(keys) else None
-    return Plan(counters, enums, problems, batch)
+    if len(by_key) == len(keys):
+        return Plan(Batch(keys, ((1, keys, flat),) if flat else (), by_key), None, enums, problems)
+    return Plan(None, list(zip(keys, metas, zip(flat))), enums, problems)
 
 
 def _enum_plan(enum_slots: Dict[int, Meta], words: Dict[int, int]) -> Tuple[List[Tuple[SeriesKey, Meta, int]],
@@ -163,7 +175,7 @@ def read_counts(plan: Plan, as_f64: Sequence[float], as_i64: Sequence[int], vers
         metas = dict(plan.batch.metas) if plan.batch is not None else {}
     else:
         counters, metas = {}, {}
-        for series, meta, indices in plan.counters:
+        for series, meta, indices in counter_entries(plan):
             value = 0.0
             for i in indices:
                 value += as_f64[i]

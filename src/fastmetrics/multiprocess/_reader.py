@@ -188,13 +188,14 @@ class _Walked:
     """What walking some records found (the walk's target: a file's
     :class:`_Layout`, or a segment's, :mod:`._segments`)."""
 
-    __slots__ = ("absorbed", "chunks", "counter_slots", "counters", "enum_slots", "enums", "metas", "problems",
-                 "retired", "words")
+    __slots__ = ("absorbed", "chunks", "counter_keys", "counter_slots", "counters", "enum_slots", "enums", "metas",
+                 "problems", "retired", "words")
 
     def __init__(self) -> None:
         self.chunks: Dict[int, List[int]] = {}           # chunk index -> payload offsets (one per thread)
         self.words: Dict[int, int] = {}                  # chunk index -> payload offset
         self.counter_slots: Dict[int, Meta] = {}
+        self.counter_keys: Dict[int, SeriesKey] = {}     # their keys, in the same order (shared by the files)
         self.enum_slots: Dict[int, Meta] = {}
         self.retired: Set[int] = set()
         self.counters: Dict[SeriesKey, float] = {}       # archive records
@@ -212,6 +213,7 @@ class _Walked:
             if self.words.setdefault(chunk, start) != start:
                 raise CorruptFile(f"duplicate enum words for chunk {chunk}")
         self.counter_slots.update(walked.counter_slots)
+        self.counter_keys.update(walked.counter_keys)
         self.enum_slots.update(walked.enum_slots)
         self.retired |= walked.retired
         self.problems += walked.problems
@@ -236,7 +238,8 @@ class _Layout(_Walked):
         self.segments: Optional[List[Segment[_Walked]]] = []
 
     def make_plan(self) -> Plan:
-        self.plan = make_plan(self.counter_slots, self.enum_slots, self.chunks, self.words, self.retired)
+        self.plan = make_plan(self.counter_slots, self.counter_keys, self.enum_slots, self.chunks, self.words,
+                              self.retired)
         return self.plan
 
 
@@ -366,7 +369,7 @@ class Reader:
         """A process file's series, its counts read now through its plan."""
         head = layout.header
         plan = layout.plan or self._plan(layout)
-        if plan.counters or plan.enums:
+        if plan.counters or plan.enums or (plan.batch is not None and plan.batch.keys):
             # Counts are being stored right now: read them with 8-byte loads.
             with memoryview(mm) as whole, whole[:used] as view, view.cast("d") as as_f64, \
                     view.cast("q") as as_i64:
@@ -485,8 +488,11 @@ class Reader:
             meta = self._meta(mm[start:start + length], fmt.COUNTER if kind == fmt.REC_COUNTER else fmt.STATESET, 0)
             if isinstance(meta, str):
                 layout.problems.append(f"record at {off} (slot {slot}): {meta}; series skipped")
+            elif kind == fmt.REC_COUNTER:
+                layout.counter_slots[slot] = meta
+                layout.counter_keys[slot] = meta.key
             else:
-                (layout.counter_slots if kind == fmt.REC_COUNTER else layout.enum_slots)[slot] = meta
+                layout.enum_slots[slot] = meta
 
     def _archive_record(self, payload: bytes, layout: _Walked, kind: int, off: int, version: int) -> None:
         """A TOTAL or LAST record of an archive: a bad one is left out, described."""
