@@ -204,8 +204,12 @@ def _bulk_counters(batch: Batch, as_f64: Sequence[float]) -> Optional[Dict[Serie
     """Every counter of ``batch``, or None if one is invalid (the caller then
     reads series by series, to describe it).  Sums are those of the series
     loop: 0.0, plus each word left to right."""
-    counters: Dict[SeriesKey, float] = dict.fromkeys(batch.keys, 0.0)
     load = as_f64.__getitem__
+    if len(batch.groups) == 1 and batch.groups[0][0] == 1:   # every series in one chunk record: the usual file
+        _, keys, flat = batch.groups[0]
+        values = list(map(operator.add, repeat(0.0), map(load, flat)))
+        return dict(zip(keys, values)) if all(map(_valid_counts, values)) else None
+    counters: Dict[SeriesKey, float] = dict.fromkeys(batch.keys, 0.0)
     for width, keys, flat in batch.groups:
         if width == 0:
             continue   # no chunk yet: 0.0
