@@ -2,6 +2,7 @@
 
     python _mp_worker.py loop CANDIDATE MODE     # then "N\\n" on stdin -> "ok OPS\\n"
     python _mp_worker.py populate CANDIDATE FILES METRICS
+    python _mp_worker.py cold CANDIDATE DIR NAME         # -> {"seconds": S, "sample": "NAME VALUE"}
 
 Multiprocess mode is chosen as in production, by the environment the bench
 gives the worker (``FASTMETRICS_MULTIPROC_DIR`` / ``PROMETHEUS_MULTIPROC_DIR``
@@ -19,6 +20,13 @@ increments and answers ``ok``.  It exits when stdin closes.
 the same, so ``FILES`` exited processes leave one file each in the directory
 (fastmetrics: ``<pid>-<uid>.fm``; prometheus_client: ``counter_<pid>.db``).
 Prints ``done``.
+
+``cold``: an exporter process that has never read ``DIR`` (``CANDIDATE``'s
+multiprocess directory, of exited processes' files) times its first scrape:
+a new registry, the library's ``MultiProcessCollector`` (fastmetrics' with its
+default, compaction on), one ``generate_latest``; imports and a garbage
+collection happen before the clock starts.  Prints the seconds and the sample
+line of metric ``NAME``, as JSON.
 """
 
 from __future__ import annotations
@@ -87,10 +95,43 @@ def _populate(candidate: str, files: int, metrics: int) -> None:
     print("done", flush=True)
 
 
+def _cold(candidate: str, directory: str, name: str) -> None:
+    import gc
+    import json
+    import time
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    if candidate == "fastmetrics_c":
+        import fastmetrics
+        from fastmetrics.multiprocess import MultiProcessCollector
+
+        if fastmetrics.implementation != "cython":
+            sys.exit("the fastmetrics_c candidate needs the Cython extension")
+
+        def collector(registry: CollectorRegistry) -> object:
+            return MultiProcessCollector(registry, directory)
+    else:
+        from prometheus_client import multiprocess
+
+        def collector(registry: CollectorRegistry) -> object:
+            return multiprocess.MultiProcessCollector(registry, path=directory)
+    gc.collect()
+    t0 = time.perf_counter()
+    registry = CollectorRegistry()
+    collector(registry)
+    text = generate_latest(registry).decode()
+    seconds = time.perf_counter() - t0
+    sample = next((line for line in text.splitlines() if line.startswith(name + " ")), None)
+    print(json.dumps({"seconds": seconds, "sample": sample}), flush=True)
+
+
 def main() -> None:
     role, candidate = sys.argv[1], sys.argv[2]
     if role == "loop":
         _loop(candidate, sys.argv[3])
+    elif role == "cold":
+        _cold(candidate, sys.argv[3], sys.argv[4])
     else:
         _populate(candidate, int(sys.argv[3]), int(sys.argv[4]))
 

@@ -28,15 +28,26 @@ pattern): 64 exited processes' files of 1,000 counters each, a new registry
 and collector for every scrape (fastmetrics' with ``compact=False``, so both
 read the 64 files each time).  Keys:
 ``<candidate>.mp.per_request.scrape.f64.s1000``.
+
+**the first scrape of a cold directory**: an exporter process that starts
+after 64 workers (1,000 counters each) exited scrapes their directory for the
+first time (``bench/_mp_worker.py cold``: a fresh subprocess per scrape, on a
+fresh sparse copy of the directory; fastmetrics' collector with compaction
+on, so that scrape also folds the 64 files into the archive).  Rounds
+alternate the two libraries; the key's value is the median of the rounds, in
+seconds: ``<candidate>.mp.cold.first_scrape.f64.s1000``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from _harness import Measure, unavailable  # type: ignore[import-not-found]
@@ -276,3 +287,64 @@ def test_mp_worst_scrape_while_exited_workers_are_compacted(benchmark: object, p
     assert sorted(p.name for p in directory.glob("*.fm")) == ["archive.fm"]   # all folded
     record_value(benchmark, FM_C, f"mp.compacting.worst_scrape.f{PER_REQUEST_FILES}.s{PER_REQUEST_SERIES}",
                  max(times), unit="s", scrapes=times)
+
+
+# -- the first scrape of a directory no collector has read (issue 14) ------------------
+
+COLD_ROUNDS = 5
+
+
+def _sparse_copytree(source: Path, target: Path) -> None:
+    """Copy the files of ``source`` keeping their holes (process files are
+    64 MiB, mostly holes; ``shutil.copytree`` would write every zero)."""
+    target.mkdir()
+    for entry in source.iterdir():
+        with open(entry, "rb") as src, open(target / entry.name, "wb") as dst:
+            size = os.fstat(src.fileno()).st_size
+            os.ftruncate(dst.fileno(), size)
+            offset = 0
+            while offset < size:
+                try:
+                    offset = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+                except OSError:   # ENXIO: only a hole is left
+                    break
+                end = os.lseek(src.fileno(), offset, os.SEEK_HOLE)
+                os.pwrite(dst.fileno(), os.pread(src.fileno(), end - offset, offset), offset)
+                offset = end
+
+
+@pytest.fixture(scope="session")
+def cold_first_scrapes(per_request_dirs: Dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+                       ) -> Dict[str, List[float]]:
+    """candidate -> seconds of the first scrape of a fresh exporter process
+    on a fresh copy of the 64 exited workers' directory, COLD_ROUNDS rounds,
+    the libraries alternating within each round."""
+    root = tmp_path_factory.mktemp("cold")
+    name = f"bench_mp_c{PER_REQUEST_SERIES - 1}_total"
+    seconds: Dict[str, List[float]] = {FM_C: [], "prometheus_client": []}
+    for round_ in range(COLD_ROUNDS):
+        order = sorted(seconds, reverse=bool(round_ % 2))
+        for candidate in order:
+            directory = root / f"{candidate}-{round_}"
+            _sparse_copytree(per_request_dirs[candidate], directory)
+            proc = subprocess.run([sys.executable, str(WORKER), "cold", candidate, str(directory), name],
+                                  env=_env(candidate, None), capture_output=True, text=True, timeout=TIMEOUT)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            result = json.loads(proc.stdout)
+            assert result["sample"] == f"{name} {float(PER_REQUEST_FILES)}"   # every file was read
+            if candidate == FM_C:   # and that scrape compacted them
+                assert sorted(p.name for p in directory.glob("*.fm")) == ["archive.fm"]
+            seconds[candidate].append(result["seconds"])
+            shutil.rmtree(directory)
+    return seconds
+
+
+@pytest.mark.parametrize("candidate", [FM_C, "prometheus_client"])
+def test_mp_first_scrape_of_a_cold_directory(benchmark: object, cold_first_scrapes: Dict[str, List[float]],
+                                             candidate: str) -> None:
+    from _harness import record_value  # type: ignore[import-not-found]
+
+    _need_extension(FM_C)
+    rounds = cold_first_scrapes[candidate]
+    record_value(benchmark, candidate, f"mp.cold.first_scrape.f{PER_REQUEST_FILES}.s{PER_REQUEST_SERIES}",
+                 statistics.median(rounds), unit="s", scrapes=rounds)

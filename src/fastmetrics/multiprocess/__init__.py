@@ -20,7 +20,9 @@ them into ``archive.fm`` and deletes them, so the directory stays as large as
 the number of live processes.  POSIX only (``fcntl.flock``).
 
 Modules, one job each: ``_format`` (the on-disk layout), ``_locks`` (the
-flocks and the liveness probe), ``_reader`` (one file), ``_shared`` (the
+flocks and the liveness probe), ``_reader`` (one file; ``_plan``: its
+counts' words, read in bulk; ``_segments``: one walk for the records files
+have in common), ``_shared`` (the
 readers the collectors of a directory share), ``_reaper`` (closing released
 files off the request path), ``_fold`` (the fold
 shared by scrape and compaction), ``_directory`` (a directory's entries and

@@ -15,6 +15,7 @@ import mmap
 import os
 import stat
 import zlib
+from collections import OrderedDict
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
 from prometheus_client.metrics_core import Metric
@@ -23,6 +24,8 @@ from . import _format as fmt
 from . import _reaper
 from ._format import EnumValue, Header, Meta, SeriesKey
 from ._locks import owner_alive
+from ._plan import Plan, make_plan, read_counts, series_name, valid_count, valid_word
+from ._segments import Segment, Segments
 
 _FileKey = Tuple[str, int, int]   # (path, device, inode)
 
@@ -168,26 +171,6 @@ def _parse_meta(body: bytes, kind: str) -> Meta:
     return meta
 
 
-def _valid_count(value: float) -> bool:
-    """Whether ``value`` is a count a counter can hold: +Inf is one (an
-    ``inc(inf)``, or a sum past the largest float); NaN and negatives are not."""
-    return value >= 0.0   # False for NaN
-
-
-def _valid_word(version: int, word: int, meta: Meta) -> Optional[EnumValue]:
-    """The decoded word, or None if it names no state of ``meta``."""
-    if word < 0:
-        return None
-    enum = fmt.decode_word(version, word)
-    return enum if enum.index < len(meta.states) else None
-
-
-def _series_name(meta: Meta) -> str:
-    """``'name'{label='value',...}`` for messages."""
-    labels = ",".join(f"{k}={v!r}" for k, v in zip(meta.labelnames, meta.labelvalues))
-    return f"{meta.name!r}{{{labels}}}" if labels else repr(meta.name)
-
-
 def _descriptor_budget() -> int:
     """How many files a :class:`Reader` keeps mapped: a quarter of this
     process's descriptor limit, at most 1024."""
@@ -201,41 +184,18 @@ def _descriptor_budget() -> int:
     return max(0, min(1024, soft // 4))
 
 
-# What a plan reads: (counters: (key, meta, float64 indices), enums: (key, meta, int64 index),
-# problems: enums without a word)
-_Plan = Tuple[List[Tuple[SeriesKey, Meta, Tuple[int, ...]]], List[Tuple[SeriesKey, Meta, int]], List[str]]
+class _Walked:
+    """What walking some records found (the walk's target: a file's
+    :class:`_Layout`, or a segment's, :mod:`._segments`)."""
 
+    __slots__ = ("absorbed", "chunks", "counter_keys", "counter_slots", "counters", "enum_slots", "enums", "metas",
+                 "problems", "retired", "words")
 
-class _Layout:
-    """What the records of one file below ``scanned`` say.  Records below
-    ``used`` never change once published, so this is walked once and then
-    only extended; the counts themselves are re-read on every read, through
-    ``plan`` (rebuilt when a walk found new records)."""
-
-    __slots__ = (
-        "absorbed",
-        "chunks",
-        "counter_slots",
-        "counters",
-        "enum_slots",
-        "enums",
-        "head",
-        "header",
-        "metas",
-        "plan",
-        "problems",
-        "retired",
-        "scanned",
-        "words",
-    )
-
-    def __init__(self, head: bytes) -> None:
-        self.head = head                                 # header bytes 0..63, as validated
-        self.header = _check_header(head)
-        self.scanned = fmt.HDR_SIZE
+    def __init__(self) -> None:
         self.chunks: Dict[int, List[int]] = {}           # chunk index -> payload offsets (one per thread)
         self.words: Dict[int, int] = {}                  # chunk index -> payload offset
         self.counter_slots: Dict[int, Meta] = {}
+        self.counter_keys: Dict[int, SeriesKey] = {}     # their keys, in the same order (shared by the files)
         self.enum_slots: Dict[int, Meta] = {}
         self.retired: Set[int] = set()
         self.counters: Dict[SeriesKey, float] = {}       # archive records
@@ -243,21 +203,43 @@ class _Layout:
         self.metas: Dict[SeriesKey, Meta] = {}
         self.absorbed: Set[bytes] = set()
         self.problems: List[str] = []                    # records left out by the walk
-        self.plan: Optional[_Plan] = None
 
-    def make_plan(self) -> _Plan:
-        mask = fmt.CHUNK_SLOTS - 1
-        counters = [(meta.key, meta, tuple((start >> 3) + (slot & mask)
-                                           for start in self.chunks.get(slot >> fmt.CHUNK_BITS, ())))
-                    for slot, meta in self.counter_slots.items() if slot not in self.retired]
-        enums, problems = [], []
-        for slot, meta in self.enum_slots.items():
-            start = self.words.get(slot >> fmt.CHUNK_BITS)
-            if start is None:
-                problems.append(f"{_series_name(meta)}: enum without a word record; series skipped")
-            else:
-                enums.append((meta.key, meta, (start >> 3) + (slot & mask)))
-        self.plan = (counters, enums, problems)
+    def extend(self, walked: _Walked) -> None:
+        """Add what a walk of the process-file records that follow found, as
+        if this walk had gone on over them (CorruptFile as it would)."""
+        for chunk, starts in walked.chunks.items():
+            self.chunks.setdefault(chunk, []).extend(starts)
+        for chunk, start in walked.words.items():
+            if self.words.setdefault(chunk, start) != start:
+                raise CorruptFile(f"duplicate enum words for chunk {chunk}")
+        self.counter_slots.update(walked.counter_slots)
+        self.counter_keys.update(walked.counter_keys)
+        self.enum_slots.update(walked.enum_slots)
+        self.retired |= walked.retired
+        self.problems += walked.problems
+
+
+class _Layout(_Walked):
+    """What the records of one file below ``scanned`` say.  Records below
+    ``used`` never change once published, so this is walked once and then
+    only extended; the counts themselves are re-read on every read, through
+    ``plan`` (rebuilt when a walk found new records)."""
+
+    __slots__ = ("head", "header", "plan", "scanned", "segments")
+
+    def __init__(self, head: bytes) -> None:
+        super().__init__()
+        self.head = head                                 # header bytes 0..63, as validated
+        self.header = _check_header(head)
+        self.scanned = fmt.HDR_SIZE
+        self.plan: Optional[Plan] = None
+        # the kept segments walked from the first record up to ``scanned``, in
+        # order; None when some records were walked outside one (an archive)
+        self.segments: Optional[List[Segment[_Walked]]] = []
+
+    def make_plan(self) -> Plan:
+        self.plan = make_plan(self.counter_slots, self.counter_keys, self.enum_slots, self.chunks, self.words,
+                              self.retired)
         return self.plan
 
 
@@ -266,18 +248,30 @@ class Reader:
     already walked and per metadata payload its parsed form, so reading the
     same files again costs one walk of what was appended plus the counts.
 
+    A file not read before is walked in segments shared with the files read
+    before it (:mod:`._segments`), so workers of one program cost one walk
+    of the records they have in common; files walked in the same segments
+    share their plan (:mod:`._plan`).
+
     Validation is the same as a fresh read: a file whose header bytes change
     (its random uid is in them) is walked again from the start.  Not
     thread-safe (a collector serialises its scrapes); memory is O(files read
-    since the last :meth:`sweep` + distinct metadata).
+    since the last :meth:`sweep` + distinct metadata), plus the kept
+    segments (at most :data:`~._segments.MAX_BYTES` of their bytes) and
+    :attr:`_MAX_PLANS` plans.
     """
 
     _META_CACHE_MAX = 16384
+    _MAX_PLANS = 8
 
     def __init__(self) -> None:
         self._layouts: Dict[_FileKey, _Layout] = {}
         self._touched: Set[_FileKey] = set()
         self._metas: Dict[Tuple[bytes, str], Union[Meta, str]] = {}
+        self._segments: Segments[_Walked] = Segments()
+        # plans by the segments a layout was walked in: files with the same
+        # records share one (a plan is never mutated)
+        self._plans: OrderedDict[Tuple[Segment[_Walked], ...], Plan] = OrderedDict()
         # Mappings kept between reads (a fresh one costs ~10 us: mmap, faults,
         # munmap); each holds a descriptor, so at most a quarter of the limit.
         self._mapped: Dict[_FileKey, Tuple[mmap.mmap, int]] = {}
@@ -374,71 +368,106 @@ class Reader:
     def _read_counts(self, path: str, mm: mmap.mmap, used: int, layout: _Layout) -> ParsedFile:
         """A process file's series, its counts read now through its plan."""
         head = layout.header
-        counter_plan, enum_plan, plan_problems = layout.plan or layout.make_plan()
-        counters: Dict[SeriesKey, float] = {}
-        enums: Dict[SeriesKey, EnumValue] = {}
-        metas: Dict[SeriesKey, Meta] = {}
-        bad: Dict[SeriesKey, str] = {}
-        if counter_plan or enum_plan:
+        plan = layout.plan or self._plan(layout)
+        if plan.counters or plan.enums or (plan.batch is not None and plan.batch.keys):
             # Counts are being stored right now: read them with 8-byte loads.
             with memoryview(mm) as whole, whole[:used] as view, view.cast("d") as as_f64, \
                     view.cast("q") as as_i64:
-                for series, meta, indices in counter_plan:
-                    value = 0.0
-                    for i in indices:
-                        value += as_f64[i]
-                    if _valid_count(value):
-                        counters[series] = counters.get(series, 0.0) + value
-                        metas[series] = meta
-                    else:
-                        bad.setdefault(series, f"{_series_name(meta)}: invalid count {value!r}; series skipped")
-                for series, meta, i in enum_plan:
-                    word = as_i64[i]
-                    enum = _valid_word(head.version, word, meta)
-                    if enum is not None:
-                        enums[series] = enum
-                        metas[series] = meta
-                    else:
-                        bad.setdefault(series, f"{_series_name(meta)}: invalid enum word {word}; series skipped")
-        for series in bad:
-            counters.pop(series, None)
-            enums.pop(series, None)
-            metas.pop(series, None)
+                counters, enums, metas, problems = read_counts(plan, as_f64, as_i64, head.version)
+        else:
+            counters, enums, metas, problems = {}, {}, {}, list(plan.problems)
         return ParsedFile(path, head.uid, head.pid, head.created_ns, False, counters, enums, metas, set(),
-                          layout.problems + plan_problems + list(bad.values()))
+                          layout.problems + problems)
+
+    def _plan(self, layout: _Layout) -> Plan:
+        """The plan of ``layout``, shared with the files walked in the same
+        segments (the :data:`_MAX_PLANS` most recently used are kept)."""
+        if layout.segments is None:
+            return layout.make_plan()
+        key = tuple(layout.segments)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = layout.make_plan()
+            while len(self._plans) > self._MAX_PLANS:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+            layout.plan = plan
+        return plan
 
     def _walk(self, mm: mmap.mmap, layout: _Layout, used: int, archive: bool) -> None:
-        """Walk the records from ``layout.scanned`` up to ``used``."""
+        """Walk the records from ``layout.scanned`` up to ``used``: a process
+        file segment by segment, each taken from :mod:`._segments` if a file
+        walked before holds the same one, else walked and kept there."""
         layout.plan = None
+        if archive:
+            layout.segments = None
+            layout.scanned = self._walk_records(mm, layout, layout.scanned, used, layout.header.version)[1]
+            return
         off = layout.scanned
+        while off < used:
+            segment = self._segments.find(mm, off, used)
+            if segment is not None:
+                layout.extend(segment.walked)
+                ended = False
+            else:
+                walked = _Walked()
+                stop, next_ = self._walk_records(mm, walked, off, used, None)
+                if next_ == off:
+                    break   # a record not visible yet
+                layout.extend(walked)
+                segment = self._segments.add(mm, off, stop, next_, walked)
+                ended = stop == next_ and next_ < used   # on a record not visible yet
+            if segment is None:
+                layout.segments = None
+            elif layout.segments is not None:
+                layout.segments.append(segment)
+            off = next_ if segment is None else segment.next
+            if ended:
+                break
+        layout.scanned = off
+
+    def _walk_records(self, mm: mmap.mmap, into: _Walked, off: int, used: int,
+                      archive_version: Optional[int]) -> Tuple[int, int]:
+        """Walk the records from ``off`` up to ``used`` one by one, into
+        ``into`` (an archive's if ``archive_version`` is its version, else a
+        process file's, whose walk stops after a chunk or word record).
+        ``(stop, next)``: ``next`` is the offset of the first record not
+        walked, and ``stop`` the start of the last record's payload if it was
+        a chunk or word record (``next`` otherwise).  A record whose kind is
+        still zero (published after this reader looked, on a weakly ordered
+        CPU) ends the walk before it."""
+        archive = archive_version is not None
         while off < used:
             if used - off < fmt.REC_HEAD.size:
                 raise CorruptFile(f"record header past the end at {off}")
             kind, length, arg = fmt.REC_HEAD.unpack_from(mm, off)
             if kind == 0:
-                break  # published after this reader looked (weakly ordered CPU): not visible yet
+                break
             start = off + fmt.payload_offset(kind)
             end = fmt.align(start + length)
             if end > used:
                 raise CorruptFile(f"record at {off} runs past the end")
             if kind in fmt.DATA_KINDS:
-                self._chunk_record(layout, kind, arg, start, length, archive, off)
+                self._chunk_record(into, kind, arg, start, length, archive, off)
+                if not archive:
+                    return start, end
             elif kind in (fmt.REC_COUNTER, fmt.REC_ENUM, fmt.REC_RETIRE) and not archive:
-                self._slot_record(mm, layout, kind, arg, start, length, off)
-            elif kind in (fmt.REC_TOTAL, fmt.REC_LAST) and archive:
-                self._archive_record(mm[start:start + length], layout, kind, off)
+                self._slot_record(mm, into, kind, arg, start, length, off)
+            elif kind in (fmt.REC_TOTAL, fmt.REC_LAST) and archive_version is not None:
+                self._archive_record(mm[start:start + length], into, kind, off, archive_version)
             elif kind == fmt.REC_ABSORBED and archive:
                 body = _checked_body(mm[start:start + length])
                 if len(body) % fmt.UID_SIZE:
                     raise CorruptFile("bad absorbed-uid record")
-                layout.absorbed.update(body[i:i + fmt.UID_SIZE] for i in range(0, len(body), fmt.UID_SIZE))
+                into.absorbed.update(body[i:i + fmt.UID_SIZE] for i in range(0, len(body), fmt.UID_SIZE))
             else:
                 raise CorruptFile(f"unknown record kind {kind} at {off}")
             off = end
-        layout.scanned = off
+        return off, off
 
     @staticmethod
-    def _chunk_record(layout: _Layout, kind: int, chunk: int, start: int, length: int, archive: bool,
+    def _chunk_record(layout: _Walked, kind: int, chunk: int, start: int, length: int, archive: bool,
                       off: int) -> None:
         """A CHUNK or WORDS record (CorruptFile if it is not a valid one)."""
         if archive or length != fmt.CHUNK_BYTES or not 0 <= chunk < fmt.MAX_CHUNKS:
@@ -448,7 +477,7 @@ class Reader:
         elif layout.words.setdefault(chunk, start) != start:
             raise CorruptFile(f"duplicate enum words for chunk {chunk}")
 
-    def _slot_record(self, mm: mmap.mmap, layout: _Layout, kind: int, slot: int, start: int, length: int,
+    def _slot_record(self, mm: mmap.mmap, layout: _Walked, kind: int, slot: int, start: int, length: int,
                      off: int) -> None:
         """A COUNTER, ENUM or RETIRE record: a bad one is left out, described."""
         if not 0 <= slot < fmt.MAX_SLOTS:
@@ -459,10 +488,13 @@ class Reader:
             meta = self._meta(mm[start:start + length], fmt.COUNTER if kind == fmt.REC_COUNTER else fmt.STATESET, 0)
             if isinstance(meta, str):
                 layout.problems.append(f"record at {off} (slot {slot}): {meta}; series skipped")
+            elif kind == fmt.REC_COUNTER:
+                layout.counter_slots[slot] = meta
+                layout.counter_keys[slot] = meta.key
             else:
-                (layout.counter_slots if kind == fmt.REC_COUNTER else layout.enum_slots)[slot] = meta
+                layout.enum_slots[slot] = meta
 
-    def _archive_record(self, payload: bytes, layout: _Layout, kind: int, off: int) -> None:
+    def _archive_record(self, payload: bytes, layout: _Walked, kind: int, off: int, version: int) -> None:
         """A TOTAL or LAST record of an archive: a bad one is left out, described."""
         total = kind == fmt.REC_TOTAL
         packed = fmt.F64 if total else fmt.I64   # the value, between the crc and the JSON
@@ -472,15 +504,15 @@ class Reader:
             return
         if total:
             (value,) = packed.unpack_from(payload, fmt.CRC.size)
-            if not _valid_count(value):
-                layout.problems.append(f"{_series_name(meta)}: invalid count {value!r}; series skipped")
+            if not valid_count(value):
+                layout.problems.append(f"{series_name(meta)}: invalid count {value!r}; series skipped")
                 return
             layout.counters[meta.key] = layout.counters.get(meta.key, 0.0) + value
         else:
             (word,) = packed.unpack_from(payload, fmt.CRC.size)
-            enum = _valid_word(layout.header.version, word, meta)
+            enum = valid_word(version, word, meta)
             if enum is None:
-                layout.problems.append(f"{_series_name(meta)}: invalid enum word {word}; series skipped")
+                layout.problems.append(f"{series_name(meta)}: invalid enum word {word}; series skipped")
                 return
             layout.enums[meta.key] = enum
         layout.metas[meta.key] = meta
@@ -488,14 +520,22 @@ class Reader:
     def _meta(self, payload: bytes, kind: str, prefix: int) -> Union[Meta, str]:
         """The metadata in ``payload`` (crc + ``prefix`` bytes + JSON), or why
         it is invalid; checked once per distinct payload: every process
-        declares the same metrics."""
-        meta = self._metas.get((payload, kind))
+        declares the same metrics.  An archive record's payload (``prefix``:
+        its value) is checked against its crc each time, and its JSON parsed
+        once: every archive repeats the metadata of the one before."""
+        key: Tuple[bytes, str] = (payload, kind)
+        if prefix:
+            try:
+                key = (_checked_body(payload)[prefix:], kind + "/json")
+            except CorruptFile as e:
+                return str(e)
+        meta = self._metas.get(key)
         if meta is None:
             try:
-                meta = _parse_meta(_checked_body(payload)[prefix:], kind)
+                meta = _parse_meta(key[0] if prefix else _checked_body(payload), kind)
             except CorruptFile as e:
                 meta = str(e)
             if len(self._metas) >= self._META_CACHE_MAX:
                 self._metas.clear()
-            self._metas[(payload, kind)] = meta
+            self._metas[key] = meta
         return meta
