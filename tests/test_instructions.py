@@ -57,7 +57,8 @@ def test_cases_cover_every_op_of_the_candidates():
 @pytest.mark.c_extension
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
-                    reason="under AddressSanitizer (.ci/sanitizers.sh): valgrind cannot run a process with ASan preloaded")
+                    reason="under AddressSanitizer (.ci/sanitizers.sh): "
+                           "valgrind cannot run a process with ASan preloaded")
 def test_a_real_run_counts_per_operation(monkeypatch):
     """Two cases in one callgrind run: counts per operation are positive, the
     floor's no-op call costs less than prometheus_client's inc(), and the run
