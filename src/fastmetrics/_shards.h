@@ -102,6 +102,7 @@ typedef SRWLOCK fm_mutex_t;
 static inline void fm_mutex_lock(fm_mutex_t *m) { AcquireSRWLockExclusive(m); }
 static inline void fm_mutex_unlock(fm_mutex_t *m) { ReleaseSRWLockExclusive(m); }
 static inline void fm_yield(void) { SwitchToThread(); }
+static inline void fm_sleep_us(unsigned us) { Sleep(us >= 1000 ? us / 1000 : 0); }
 #else
 #  include <pthread.h>
 #  include <sched.h>
@@ -110,7 +111,25 @@ typedef pthread_mutex_t fm_mutex_t;
 static inline void fm_mutex_lock(fm_mutex_t *m) { pthread_mutex_lock(m); }
 static inline void fm_mutex_unlock(fm_mutex_t *m) { pthread_mutex_unlock(m); }
 static inline void fm_yield(void) { sched_yield(); }
+#  include <time.h>
+static inline void fm_sleep_us(unsigned us) {
+    struct timespec ts;
+    ts.tv_sec = 0;
+    ts.tv_nsec = (long)us * 1000;
+    nanosleep(&ts, NULL);
+}
 #endif
+
+/* One step of a waiting loop: yield for the first rounds, then sleep 4 us,
+ * doubling to 128 us.  A thread that only ever yields can be starved: Linux's
+ * EEVDF scheduler pushes a yielding thread's deadline back a slice per
+ * sched_yield(), so a waiter beside busy threads on every core may not run
+ * again for minutes; a sleeper is eligible as soon as it wakes. */
+static void fm_backoff(unsigned *round) {
+    unsigned r = (*round)++;
+    if (r < 4) fm_yield();
+    else fm_sleep_us(r < 9 ? 4u << (r - 4) : 128u);
+}
 #if defined(__linux__)
 #  include <unistd.h>
 #  include <sys/syscall.h>
@@ -530,9 +549,10 @@ static inline void fm_seq_exit(Py_ssize_t *seqp, Py_ssize_t seq) {
 
 /* Wait until an increment in flight on this record (odd seq) has finished. */
 static void fm_seq_wait(const Py_ssize_t *seqp) {
+    unsigned round = 0;
     Py_ssize_t seq = fm_load_ssize_acquire(seqp);
     if (!(seq & 1)) return;
-    while (fm_load_ssize_acquire(seqp) == seq) fm_yield();
+    while (fm_load_ssize_acquire(seqp) == seq) fm_backoff(&round);
 }
 
 /* Hot path: add `amount` to the calling thread's shard's partial sum of the
