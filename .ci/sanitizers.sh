@@ -7,6 +7,8 @@
 #         PYTHONMALLOC=malloc, so Python objects are ASan heap blocks too.
 #         Any ASan/UBSan report, in pytest or in a subprocess it starts,
 #         fails the step: reports go to files that are printed at the end.
+#         The tests that fork() while other threads run skip here: GCC 12's
+#         libasan allocator is not fork-safe (tests/_support.py fork_with_threads).
 #   tsan  tests/c/run_tsan.sh: the shard store (and the prometheus_client-compatible
 #         store, _promfile.h) driven from many threads in C,
 #         under ThreadSanitizer, then a plain -O2 build of the same harness.

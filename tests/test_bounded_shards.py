@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, List
 
 import pytest
+from _support import fork_with_threads
 from prometheus_client import generate_latest
 
 from fastmetrics._shard_limits import ENV_EXCLUSIVE, MAX_SHARDS, ShardLimits, shard_limits
@@ -50,9 +51,18 @@ def test_exact_totals_with_many_more_threads_than_shards_and_monotonic_scrapes(i
     readings: List[List[float]] = []
     watched = [children[0], children[SERIES // 2], children[-1]]
 
+    # One scrape under ASan can outlast every worker's rounds, so the workers
+    # stop halfway until a whole scrape has run with them all there: at least
+    # one scrape lands between writes, whatever the scheduling.
+    halfway = threading.Barrier(threads_count + 1)
+    resume = threading.Event()
+
     def work() -> None:
         start.wait()
-        for _ in range(rounds):
+        for r in range(rounds):
+            if r == rounds // 2:
+                halfway.wait()
+                resume.wait()
             for child in children:
                 child.inc()
         parked.wait()
@@ -67,8 +77,13 @@ def test_exact_totals_with_many_more_threads_than_shards_and_monotonic_scrapes(i
     scraper = threading.Thread(target=scrape)
     for t in workers:
         t.start()
-    scraper.start()
     start.wait()
+    halfway.wait()
+    scraper.start()
+    deadline = time.monotonic() + 300
+    while len(readings) < 2 and scraper.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)       # readings[1]: the first scrape is over
+    resume.set()
     parked.wait()
     try:
         st = impl.stats()
@@ -86,6 +101,7 @@ def test_exact_totals_with_many_more_threads_than_shards_and_monotonic_scrapes(i
     text = generate_latest(registry).decode()
     assert f'striped_total{{k="{SERIES - 1}"}} {expected}' in text
     assert len(readings) > 1
+    assert readings[0] == [float(threads_count * (rounds // 2))] * len(watched)   # taken with all at halfway
     for before, after in zip(readings, readings[1:]):
         assert all(b <= a for b, a in zip(before, after)), (before, after)
 
@@ -155,6 +171,7 @@ def test_reset_under_stripe_writers_leaves_no_stray_count(impl, counter):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@fork_with_threads
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads
 def test_fork_while_stripe_writers_run(impl, counter, registry):
     c = counter("fork_striped_total", "Fork.")

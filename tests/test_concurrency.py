@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from _support import fork_with_threads
 from prometheus_client import generate_latest
 
 THREADS = 4
@@ -180,6 +181,7 @@ def test_increment_from_a_signal_handler_that_interrupts_inc(counter):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@fork_with_threads
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads
 def test_fork_while_threads_increment(impl, counter, registry):
     c = counter("forked_total", "Fork.")

@@ -7,12 +7,12 @@ beyond what holds on any machine (the gates themselves are the bench command's).
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from _support import under_asan
 
 from fastmetrics._cli.bench import instructions
 
@@ -56,7 +56,7 @@ def test_cases_cover_every_op_of_the_candidates():
 
 @pytest.mark.c_extension
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
-@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+@pytest.mark.skipif(under_asan(),
                     reason="under AddressSanitizer (.ci/sanitizers.sh): "
                            "valgrind cannot run a process with ASan preloaded")
 def test_a_real_run_counts_per_operation(monkeypatch):

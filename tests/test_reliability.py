@@ -16,7 +16,7 @@ import textwrap
 import threading
 
 import pytest
-from _support import skip_or_fail
+from _support import fork_with_threads, skip_or_fail
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Enum as PromEnum
 
@@ -37,6 +37,7 @@ def _run(impl, code: str, timeout: float = 60.0, **environ: str) -> str:
 
 
 @needs_fork
+@fork_with_threads
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_fork_while_other_threads_take_cold_paths_never_deadlocks(impl):
     # Audit item 1: the store's C mutex was held across fork() from a Python
