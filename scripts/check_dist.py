@@ -23,7 +23,7 @@ from typing import List
 PKG = "fastmetrics"
 EXTENSIONS = ("_core_c", "_dispatch_c")
 SOURCES = ("_core_c.pyx", "_core_c.pxd", "_dispatch_c.pyx", "_atomics.h", "_shards.h", "_arena.h", "_promfile.h", "_pydict.h",
-           "_fastcall.h")
+           "_fastcall.h", "_fastcall.pxd")
 
 
 def check_sdist(path: Path) -> List[str]:

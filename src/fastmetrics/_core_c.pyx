@@ -13,6 +13,8 @@ from cpython.long cimport PyLong_AsDouble, PyLong_AsSsize_t, PyLong_Check
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_CheckExact
 
+from fastmetrics._fastcall cimport PyMethodDef, fm_bind_method, fm_fastcall_impl
+
 
 cdef extern from "_shards.h":
     ctypedef struct fm_stats_t:
@@ -22,12 +24,8 @@ cdef extern from "_shards.h":
     const void *fm_provider_active
     int fm_init()
     int fm_configure(Py_ssize_t exclusive, Py_ssize_t stripes)
-    int fm_add(const Py_ssize_t *slot_ref, double amount) nogil
-    void fm_quiesce() nogil
-    double fm_fold(Py_ssize_t slot) nogil
     Py_ssize_t fm_slot_alloc() nogil
     void fm_slot_free(Py_ssize_t slot) nogil
-    void fm_slot_zero(Py_ssize_t slot) nogil
     fm_stats_t fm_stats() nogil
     int fm_words_ensure(Py_ssize_t slot) nogil
     void fm_word_set(Py_ssize_t slot, Py_ssize_t index) nogil
@@ -38,8 +36,10 @@ cdef extern from "_shards.h":
 
 
 # prometheus_client-compatible mode (PROMETHEUS_MULTIPROC_DIR): counters go
-# to _promfile.h's store instead of the shards; fm_counter_add is the one
-# branch on the add path (driven by fastmetrics.multiprocess._prometheus).
+# to _promfile.h's store instead of the shards (driven by
+# fastmetrics.multiprocess._prometheus).  Counter values are reached only
+# through fm_counter_*, which pick the store; fm_counter_add is the one
+# branch on the add path.
 cdef extern from "_promfile.h":
     int fm_pf_on
     int fm_pf_errno
@@ -47,9 +47,9 @@ cdef extern from "_promfile.h":
     int fm_pf_set_key(Py_ssize_t slot, const char *data, size_t length)
     int fm_pf_touch(Py_ssize_t slot) nogil
     int fm_counter_add(const Py_ssize_t *slot_ref, double amount) nogil
-    void fm_pf_quiesce() nogil
-    double fm_pf_fold(Py_ssize_t slot) nogil
-    void fm_pf_zero(Py_ssize_t slot) nogil
+    double fm_counter_fold(Py_ssize_t slot) nogil
+    void fm_counter_retire(Py_ssize_t old) nogil
+    void fm_counter_slot_free(Py_ssize_t slot) nogil
     Py_ssize_t fm_pf_files() nogil
 
 
@@ -57,13 +57,6 @@ cdef extern from "_pydict.h":
     object fm_dict_get(object d, object key)
     void fm_drop_instance_dict(object o)
     object fm_instance_dict(object o)
-
-
-cdef extern from "_fastcall.h":
-    ctypedef object (*fm_fastcall_impl)(object, PyObject **, Py_ssize_t, object)
-    ctypedef struct PyMethodDef:
-        pass
-    int fm_bind_method(object type, PyMethodDef *method) except -1
 
 
 cdef extern from *:
@@ -304,15 +297,11 @@ cdef class CounterCore(MetricCore):
     def __dealloc__(self):
         # No thread can be inside inc() on a dead object: the slots it owns
         # can be zeroed and recycled.  Lock-free (safe inside any collection).
-        # In the prometheus_client-compatible mode a slot's file entries
-        # outlive the object (as upstream's do): never recycled.
-        if fm_pf_on:
-            return
         # A slot shared with copies is freed by its SharedSlot, with the last.
         if self._slot >= 0 and self._slot_owner is None:
-            fm_slot_free(self._slot)
+            fm_counter_slot_free(self._slot)
         if self._spare >= 0:
-            fm_slot_free(self._spare)
+            fm_counter_slot_free(self._spare)
 
     def _share_value(self, CounterCore other):
         """Make ``other`` (a new counter of this class) count into this one's
@@ -359,7 +348,7 @@ cdef class CounterCore(MetricCore):
         cdef Py_ssize_t slot = fm_load_ssize(&self._slot)
         if slot < 0:
             return 0.0
-        return fm_pf_fold(slot) if fm_pf_on else fm_fold(slot)
+        return fm_counter_fold(slot)
 
     def _spare_slot(self):
         """The zeroed slot the next ``_reset_value`` swaps in (allocated on the
@@ -370,7 +359,7 @@ cdef class CounterCore(MetricCore):
 
     def _reset_value(self):
         """Restart from zero: swap the spare slot in, wait until no increment
-        can still store into the old one (``fm_quiesce``), zero it and keep it
+        can still store into the old one (``fm_counter_retire``), zero it and keep it
         as the next spare.  Increments racing with the reset land on either
         side; every one made after it returns counts.  Two slots per counter
         however often it runs.  Callers serialise resets of one counter and
@@ -385,12 +374,7 @@ cdef class CounterCore(MetricCore):
             for member in (<SharedSlot>self._slot_owner).live():
                 fm_store_ssize(&member._slot, self._spare)
         with nogil:
-            if fm_pf_on:
-                fm_pf_quiesce()
-                fm_pf_zero(old)
-            else:
-                fm_quiesce()
-                fm_slot_zero(old)
+            fm_counter_retire(old)
         self._spare = old
 
 
@@ -443,8 +427,7 @@ cdef class SharedSlot:
         self.members = []
 
     def __dealloc__(self):
-        if not fm_pf_on:   # the compatible mode never recycles a counter slot
-            fm_slot_free(self.slot)
+        fm_counter_slot_free(self.slot)
 
     cdef list live(self):
         """The members still alive (dead references pruned); children lock held."""

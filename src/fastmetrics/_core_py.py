@@ -376,6 +376,13 @@ def _slot_free(slot: int) -> None:
     _free_slots.append(slot)
 
 
+def _counter_slot_free(slot: int) -> None:
+    """A counter's ``_slot_free``; the compatible mode never recycles one (its
+    file entries outlive the object, as upstream's do)."""
+    if not _promfile_on:
+        _slot_free(slot)
+
+
 def _words_ensure(slot: int) -> None:
     """Cold path: make sure the enum word of ``slot`` exists."""
     c = slot >> CHUNK_BITS
@@ -489,8 +496,7 @@ class SharedSlot:
         self.members: List[Any] = []
 
     def __del__(self) -> None:
-        if not _promfile_on:   # the compatible mode never recycles a counter slot
-            _slot_free(self.slot)
+        _counter_slot_free(self.slot)
 
     def live(self) -> List[Any]:
         """The members still alive (dead references pruned); children lock held."""
@@ -507,13 +513,11 @@ class CounterCore(_CounterBase):
     _slot_owner: Optional[SharedSlot] = None   # owns _slot when shared with copies
 
     def __del__(self) -> None:
-        if _promfile_on:   # its file entries outlive it (as upstream's): slots never recycled
-            return
         if self._slot >= 0 and self._slot_owner is None:
-            _slot_free(self._slot)
+            _counter_slot_free(self._slot)
         self._slot = -1
         if self._spare >= 0:
-            _slot_free(self._spare)
+            _counter_slot_free(self._spare)
             self._spare = -1
 
     def _share_value(self, other: CounterCore) -> None:

@@ -9,18 +9,12 @@ cimport cython
 from cpython.object cimport PyObject
 
 from fastmetrics._core_c cimport CounterCore, EnumCore
+from fastmetrics._fastcall cimport PyMethodDef, fm_bind_method, fm_fastcall_impl
 
 
 cdef extern from "_atomics.h":
     Py_ssize_t fm_load_ssize(const Py_ssize_t *p) nogil
     void fm_store_ssize(Py_ssize_t *p, Py_ssize_t v) nogil
-
-
-cdef extern from "_fastcall.h":
-    ctypedef object (*fm_fastcall_impl)(object, PyObject **, Py_ssize_t, object)
-    ctypedef struct PyMethodDef:
-        pass
-    int fm_bind_method(object type, PyMethodDef *method) except -1
 
 
 cdef extern from *:

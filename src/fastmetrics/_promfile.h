@@ -431,10 +431,36 @@ static Py_ssize_t fm_pf_files(void) {
 
 #endif /* _WIN32 */
 
-/* The counter add path: one predictable branch selects this store. */
+/* The counter store: _core_c.pyx reaches counter values only through these,
+ * the one place that picks the shards or this file's store (fm_pf_on, set
+ * once before any slot exists).  On the add path that is one predictable
+ * branch. */
 static inline int fm_counter_add(const Py_ssize_t *slot_ref, double amount) {
     if (FM_UNLIKELY(fm_pf_on)) return fm_pf_add(slot_ref, amount);
     return fm_add(slot_ref, amount);
+}
+
+/* The total of `slot` (lock-free). */
+static double fm_counter_fold(Py_ssize_t slot) {
+    return fm_pf_on ? fm_pf_fold(slot) : fm_fold(slot);
+}
+
+/* reset()'s last step: `old` was just swapped out of its counter; wait until
+ * no increment can still store into it, then zero it (it becomes the spare). */
+static void fm_counter_retire(Py_ssize_t old) {
+    if (fm_pf_on) {
+        fm_pf_quiesce();
+        fm_pf_zero(old);
+    } else {
+        fm_quiesce();
+        fm_slot_zero(old);
+    }
+}
+
+/* Give `slot` back when its counter is gone (lock-free).  This store never
+ * recycles one: a file entry outlives its object, as upstream's does. */
+static void fm_counter_slot_free(Py_ssize_t slot) {
+    if (!fm_pf_on) fm_slot_free(slot);
 }
 
 #endif /* FASTMETRICS_PROMFILE_H */

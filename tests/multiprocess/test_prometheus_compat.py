@@ -282,6 +282,37 @@ def test_reset_zeroes_this_process_only_and_keeps_two_entries(impl: Impl, tmp_pa
     assert lines == sorted([f"True {[(key, 1.0), (key, 0.0)]}", f"False {[(key, 7.0)]}", "1.0"])
 
 
+def test_a_dead_counters_entries_stay_and_its_slots_are_never_reused(impl: Impl, tmp_path: Path) -> None:
+    # As upstream: a collected metric's file entries outlive it.  Its slots
+    # (and a copy's shared one, and a reset's spare) are never recycled: a
+    # new counter on a reused slot would add into the dead one's entries.
+    out = run(impl, """
+        import copy, gc, os
+        from fastmetrics import Counter
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+        a = Counter("gone_a", "A.", registry=None)
+        a.inc(5)
+        a.reset()
+        a.inc(2)
+        b = Counter("gone_b", "B.", registry=None)
+        b.inc(3)
+        b2 = copy.copy(b)
+        b2.inc(4)
+        del a, b, b2
+        gc.collect()
+        fresh = [Counter(f"fresh{i}", "F.", registry=None) for i in range(8)]
+        for i, c in enumerate(fresh):
+            c.inc(100 + i)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        print(generate_latest(registry).decode())
+        """, tmp_path)
+    values = {(f.name, s.name): s.value for f in text_string_to_metric_families(out) for s in f.samples}
+    assert values == {("gone_a", "gone_a_total"): 2.0, ("gone_b", "gone_b_total"): 7.0,
+                      **{(f"fresh{i}", f"fresh{i}_total"): 100.0 + i for i in range(8)}}, values
+
+
 @pytest.mark.parametrize(("env", "error"), [
     ({"FASTMETRICS_MULTIPROC_DIR": "{dir}"}, "RuntimeError: both PROMETHEUS_MULTIPROC_DIR and "
                                              "FASTMETRICS_MULTIPROC_DIR are set"),
