@@ -14,6 +14,8 @@ import it: it gets what it needs through its environment (:meth:`Impl.env`).
 - :func:`clean_env` / :func:`package_env`: environments for child processes.
 - :func:`under_asan` / :data:`fork_with_threads`: the AddressSanitizer run
   (``.ci/sanitizers.sh``) and the fork() tests it cannot run.
+- :func:`in_forked_child`: run a function in a forked child and get its
+  report back, failing on a crash or a deadlock.
 - :data:`PYCTI_VERSION`: the pycti the differential tests run against (also
   pinned in ``.ci/pycti-venv.sh``; ``test_support.py`` keeps them equal).
 """
@@ -21,12 +23,16 @@ import it: it gets what it needs through its environment (:meth:`Impl.env`).
 from __future__ import annotations
 
 import functools
+import json
 import os
+import signal
 import socket
+import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, Mapping, NoReturn, Optional
+from typing import Any, Callable, Dict, Mapping, NoReturn, Optional
 
 import pytest
 
@@ -36,7 +42,7 @@ from fastmetrics._core import _env_flag as env_flag
 from fastmetrics.multiprocess import ENV_CAPACITY, ENV_DIR
 
 __all__ = ["IMPL_PARAMS", "NO_EXTENSIONS", "PYCTI_VERSION", "ROOT", "Impl", "clean_env", "env_flag",
-           "extensions_disabled", "fork_with_threads", "free_port", "in_ci", "load", "package_env",
+           "extensions_disabled", "fork_with_threads", "free_port", "in_ci", "in_forked_child", "load", "package_env",
            "skip_or_fail", "under_asan"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +86,42 @@ def under_asan() -> bool:
 fork_with_threads = pytest.mark.skipif(
     under_asan(), reason="fork() with threads under ASan: GCC 12's libasan allocator is not fork-safe "
                          "(llvm/llvm-project#75290); runs unsanitized in the README test command")
+
+
+def in_forked_child(child: Callable[[], Dict[str, Any]], timeout: float = 30.0) -> Dict[str, Any]:
+    """Fork; in the child (where only this thread exists) run ``child`` and
+    send its JSON-able report back through a pipe.  The report, or fail the
+    test if the child raised, died or did not exit within ``timeout`` s (it is
+    killed: a deadlock fails the test instead of hanging the suite)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, json.dumps(child()).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()   # to the test's captured stderr
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_fd)
+            pytest.fail("child process deadlocked after fork()")
+        time.sleep(0.01)
+    with os.fdopen(read_fd) as f:
+        data = f.read()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed (wait status {status})"
+    report: Dict[str, Any] = json.loads(data)
+    return report
 
 
 def extensions_disabled() -> bool:

@@ -6,15 +6,14 @@ while stripe writers run.  Both implementations."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import signal
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
-from _support import fork_with_threads
+from _support import fork_with_threads, in_forked_child
 from prometheus_client import generate_latest
 
 from fastmetrics._shard_limits import ENV_EXCLUSIVE, MAX_SHARDS, ShardLimits, shard_limits
@@ -32,12 +31,33 @@ def _bound(impl: Any) -> int:
     return int(st["exclusive_max"]) + int(st["stripes_max"])
 
 
-def _wait_for_stripe_writers(impl: Any) -> None:
-    """Until some thread increments on a stripe (they all started)."""
-    deadline = time.monotonic() + 60
-    while impl.stats()["stripe_threads"] < 1:
-        assert time.monotonic() < deadline, impl.stats()
-        time.sleep(0.001)
+@contextlib.contextmanager
+def _writers_beyond_the_shards(impl: Any, c: Any) -> Iterator[int]:
+    """Inside: :func:`_many` threads call ``c.inc()`` in a loop, some of them
+    on stripes already; yields their number.  On exit they stop and are joined."""
+    threads_count = _many(impl)
+    stop = threading.Event()
+    go = threading.Barrier(threads_count + 1)
+
+    def work() -> None:
+        go.wait()
+        while not stop.is_set():
+            c.inc()
+
+    workers = [threading.Thread(target=work) for _ in range(threads_count)]
+    for t in workers:
+        t.start()
+    go.wait()
+    try:
+        deadline = time.monotonic() + 60
+        while impl.stats()["stripe_threads"] < 1:   # until some thread increments on a stripe
+            assert time.monotonic() < deadline, impl.stats()
+            time.sleep(0.001)
+        yield threads_count
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(timeout=300)
 
 
 def test_exact_totals_with_many_more_threads_than_shards_and_monotonic_scrapes(impl, counter, registry):
@@ -132,30 +152,12 @@ def test_thread_churn_beyond_the_exclusive_shards_stays_bounded(impl, counter):
 
 def test_reset_under_stripe_writers_leaves_no_stray_count(impl, counter):
     c = counter("reset_striped_total", "Reset.")
-    threads_count = _many(impl)
-    stop = threading.Event()
-    go = threading.Barrier(threads_count + 1)
-
-    def work() -> None:
-        go.wait()
-        while not stop.is_set():
-            c.inc()
-
-    workers = [threading.Thread(target=work) for _ in range(threads_count)]
-    for t in workers:
-        t.start()
-    go.wait()
-    try:
-        _wait_for_stripe_writers(impl)
+    with _writers_beyond_the_shards(impl, c) as threads_count:
         # The twin's reset waits, GIL switch by GIL switch, for every thread
         # paused inside an increment: fewer rounds keep it quick.
         for _ in range(200 if impl.name == "c" else 5):
             c.reset()
             assert c._value.get() >= 0
-    finally:
-        stop.set()
-        for t in workers:
-            t.join(timeout=300)
     # An increment that stored into the old slot after reset zeroed it would
     # show up once that slot comes back as the next spare.
     c.reset()
@@ -175,65 +177,27 @@ def test_reset_under_stripe_writers_leaves_no_stray_count(impl, counter):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads
 def test_fork_while_stripe_writers_run(impl, counter, registry):
     c = counter("fork_striped_total", "Fork.")
-    threads_count = _many(impl)
-    stop = threading.Event()
-    go = threading.Barrier(threads_count + 1)
-
-    def work() -> None:
-        go.wait()
-        while not stop.is_set():
-            c.inc()
-
-    workers = [threading.Thread(target=work) for _ in range(threads_count)]
-    for t in workers:
-        t.start()
-    go.wait()
-    try:
-        _wait_for_stripe_writers(impl)
+    with _writers_beyond_the_shards(impl, c) as threads_count:
         for _ in range(5):
             time.sleep(0.02)
             before = c._value.get()
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # child: only this thread exists now
-                code = 1
-                try:
-                    os.close(read_fd)
-                    v0 = c._value.get()
-                    c.inc()
-                    helpers = [threading.Thread(target=lambda: [c.inc() for _ in range(100)])
-                               for _ in range(threads_count)]
-                    for t in helpers:
-                        t.start()
-                    for t in helpers:
-                        t.join()
-                    report: Dict[str, Any] = {"v0": v0, "v1": c._value.get(),
-                                              "scrape_ok": "fork_striped_total" in generate_latest(registry).decode()}
-                    os.write(write_fd, json.dumps(report).encode())
-                    code = 0
-                finally:
-                    os._exit(code)
-            os.close(write_fd)
-            deadline = time.monotonic() + 30
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    pytest.fail("child process deadlocked after fork()")
-                time.sleep(0.01)
-            with os.fdopen(read_fd) as f:
-                report = json.loads(f.read())
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+            def child() -> Dict[str, Any]:
+                v0 = c._value.get()
+                c.inc()
+                helpers = [threading.Thread(target=lambda: [c.inc() for _ in range(100)])
+                           for _ in range(threads_count)]
+                for t in helpers:
+                    t.start()
+                for t in helpers:
+                    t.join()
+                return {"v0": v0, "v1": c._value.get(),
+                        "scrape_ok": "fork_striped_total" in generate_latest(registry).decode()}
+
+            report = in_forked_child(child)
             assert report["v0"] >= before
             assert report["v1"] == report["v0"] + 1 + 100 * threads_count
             assert report["scrape_ok"]
-    finally:
-        stop.set()
-        for t in workers:
-            t.join(timeout=300)
 
 
 # -- the bounds ----------------------------------------------------------------------

@@ -5,15 +5,15 @@ signal handlers and fork() without deadlock."""
 from __future__ import annotations
 
 import gc
-import json
 import os
 import signal
 import sys
 import threading
 import time
+from typing import Any, Dict
 
 import pytest
-from _support import fork_with_threads
+from _support import fork_with_threads, in_forked_child
 from prometheus_client import generate_latest
 
 THREADS = 4
@@ -206,40 +206,20 @@ def test_fork_while_threads_increment(impl, counter, registry):
         for _ in range(5):
             time.sleep(0.05)
             before = c._value.get()
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # child: only this thread exists now
-                code = 1
-                try:
-                    os.close(read_fd)
-                    v0 = c._value.get()
-                    c.inc()
-                    labelled.labels("child-new").inc(5)
-                    t = threading.Thread(target=lambda: [c.inc() for _ in range(1000)])
-                    t.start()
-                    t.join()
-                    state.state("b")
-                    text = generate_latest(registry).decode()
-                    report = {"v0": v0, "v1": c._value.get(), "scrape_ok": "forked_total" in text,
-                              "child_new": labelled.labels("child-new")._value.get()}
-                    os.write(write_fd, json.dumps(report).encode())
-                    code = 0
-                finally:
-                    os._exit(code)
-            os.close(write_fd)
-            deadline = time.monotonic() + 30
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    pytest.fail("child process deadlocked after fork()")
-                time.sleep(0.01)
-            with os.fdopen(read_fd) as f:
-                report = json.loads(f.read())
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+            def child() -> Dict[str, Any]:
+                v0 = c._value.get()
+                c.inc()
+                labelled.labels("child-new").inc(5)
+                t = threading.Thread(target=lambda: [c.inc() for _ in range(1000)])
+                t.start()
+                t.join()
+                state.state("b")
+                text = generate_latest(registry).decode()
+                return {"v0": v0, "v1": c._value.get(), "scrape_ok": "forked_total" in text,
+                        "child_new": labelled.labels("child-new")._value.get()}
+
+            report = in_forked_child(child)
             assert report["v0"] >= before           # the child keeps the parent's counts
             assert report["v1"] == report["v0"] + 1001
             assert report["scrape_ok"] and report["child_new"] == 5

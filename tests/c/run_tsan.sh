@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build tests/c/tsan_shards.c (which includes src/fastmetrics/_shards.h) and
 # tests/c/tsan_promfile.c (src/fastmetrics/_promfile.h, the
-# prometheus_client-compatible store) twice each and run them: under ThreadSanitizer (-fsanitize=thread -O1 -g; any report halts
+# prometheus_client-compatible store; both with tests/c/harness.h) twice each
+# and run them: under ThreadSanitizer (-fsanitize=thread -O1 -g; any report halts
 # it with a non-zero exit; -Wno-tsan: the writer fence it warns about runs only
 # where membarrier is unavailable) and plainly at -O2 (a correctness run, at a
 # larger scale since it is ~10x faster).  Exits non-zero on any failure.
@@ -28,16 +29,7 @@ if command -v setarch >/dev/null && setarch "$(uname -m)" -R true 2>/dev/null; t
   norandom=(setarch "$(uname -m)" -R)
 fi
 
-echo "== tsan_shards: ThreadSanitizer build ($CC -fsanitize=thread -O1, scale $TSAN_SCALE)"
-"$CC" "${CFLAGS_COMMON[@]}" -O1 -fsanitize=thread -Wno-tsan tests/c/tsan_shards.c -o "$out/tsan_shards_tsan"
-TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}" \
-  timeout "$TIMEOUT" "${norandom[@]}" "$out/tsan_shards_tsan" "$TSAN_SCALE"
-
-echo "== tsan_shards: plain build ($CC -O2, scale $PLAIN_SCALE)"
-"$CC" "${CFLAGS_COMMON[@]}" -O2 tests/c/tsan_shards.c -o "$out/tsan_shards_plain"
-timeout "$TIMEOUT" "$out/tsan_shards_plain" "$PLAIN_SCALE"
-
-for harness in tsan_promfile; do
+for harness in tsan_shards tsan_promfile; do
   echo "== $harness: ThreadSanitizer build ($CC -fsanitize=thread -O1, scale $TSAN_SCALE)"
   "$CC" "${CFLAGS_COMMON[@]}" -O1 -fsanitize=thread -Wno-tsan "tests/c/$harness.c" -o "$out/${harness}_tsan"
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}" \

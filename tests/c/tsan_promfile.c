@@ -21,28 +21,13 @@
  * final fold, and there are as many files as fm_pf_files() counts.
  * Usage: tsan_promfile [SCALE].
  */
-#define _GNU_SOURCE
+#define HARNESS "tsan_promfile"
+#include "harness.h"
+
 #include <dirent.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
 
-typedef ssize_t Py_ssize_t;
 #include "_promfile.h"
-
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "tsan_promfile: FAIL %s:%d: %s: ", __FILE__,     \
-                    __LINE__, #cond);                                        \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fputc('\n', stderr);                                             \
-            abort();                                                         \
-        }                                                                    \
-    } while (0)
 
 #define WRITERS 3
 #define NSLOTS 600                 /* > FM_CHUNK_SLOTS: two table chunks */

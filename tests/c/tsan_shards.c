@@ -38,30 +38,12 @@
  * exercised here).  Usage: tsan_shards [SCALE] (default 1; the iteration
  * counts are multiplied by SCALE).
  */
-#define _GNU_SOURCE
-#include <sys/types.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
+#define HARNESS "tsan_shards"
+#include "harness.h"
+
 #include <time.h>
 
-/* _shards.h needs Py_ssize_t only (ssize_t on POSIX, as in CPython's pyport.h).
- * Should it start using the C API, include <Python.h> instead
- * (`python3-config --includes`); nothing here calls into Python. */
-typedef ssize_t Py_ssize_t;
 #include "_shards.h"
-
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "tsan_shards: FAIL %s:%d: %s: ", __FILE__,       \
-                    __LINE__, #cond);                                        \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fputc('\n', stderr);                                             \
-            abort();                                                         \
-        }                                                                    \
-    } while (0)
 
 /* ---- sizes (iteration counts scale with argv[1]) ----------------------- */
 #define WRITERS 4
