@@ -8,10 +8,12 @@ Outside those switches a missing extension is an error, not a skip.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
-from _support import IMPL_PARAMS, Impl, extensions_disabled, load
+from _support import IMPL_PARAMS, Impl, extensions_disabled, load, skip_or_fail
 from prometheus_client import CollectorRegistry
 
 
@@ -38,6 +40,21 @@ def impl(request: pytest.FixtureRequest) -> Impl:
     """One implementation (``_support.Impl``): its classes for this process and
     the environment of a child process that must run it."""
     return load(request.param)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (root only; Linux): a file system that fills up."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import textwrap
 import threading
 
 import pytest
-from _support import fork_with_threads, skip_or_fail
+from _support import fork_with_threads
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Enum as PromEnum
 
@@ -211,21 +211,6 @@ def test_multiprocess_reset_on_a_full_file_changes_nothing(impl, tmp_path):
     assert report["value"] == 7            # the failed reset changed nothing
     assert report["scraped"] == 7          # and every increment reaches the scrape
     assert report["skipped"] == []
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 256 KiB tmpfs (root only): a filesystem that fills up."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs mount: Linux")

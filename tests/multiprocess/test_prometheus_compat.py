@@ -30,12 +30,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _support import Impl, package_env, skip_or_fail
+from _support import Impl, package_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -368,21 +368,6 @@ def test_opencti_handler_counts_and_states_reach_the_files(impl: Impl, tmp_path:
     assert samples[("bundles_sent_total", ())] == 3.0
     assert samples[("state", (("state", "running"),))] == 1.0
     assert samples[("state", (("state", "idle"),))] == 0.0
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs (root only): a file system that fills up."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs mount: Linux")
