@@ -7,49 +7,26 @@ every one of them and stay alive during the measurement.  Grid: M in 1, 10,
 ``<candidate>.scrape.<text|openmetrics>.m<M>.t<T>``; ``extra_info`` records
 ``shards_total`` for fastmetrics.
 
-fastmetrics folds one shard per thread the process ever had at once (shards are
-pooled, never freed), so these benchmarks run first, in increasing T
+fastmetrics folds every shard the process has made: one per thread alive at
+once, up to its bound (exclusive shards plus stripes, set by the CPUs; pooled,
+never freed), so these benchmarks run first, in increasing T
 (``bench_phase``); prometheus_client's cost does not depend on T.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Iterator, List
+from typing import Any, Iterator
 
 import pytest
 from _harness import Measure, unavailable  # type: ignore[import-not-found]
 
 from fastmetrics._cli.bench.ops import SCRAPE_FORMATS
+from fastmetrics._cli.bench.scaling import ParkedWriters
 from fastmetrics._cli.bench.subjects import OURS, SCRAPE_CANDIDATES, Subjects, Unavailable
 from fastmetrics._cli.bench.timing import compile_loop
 
 GRID = [(1, 1), (10, 1), (100, 1), (10, 4), (10, 16)]
 PHASE_BY_THREADS = {1: 0, 4: 1, 16: 2}
-
-
-class ParkedWriters:
-    """``threads`` threads that each increment every counter once, then wait
-    (alive, keeping their shards live) until :meth:`release`."""
-
-    def __init__(self, counters: List[Any], threads: int) -> None:
-        self._release = threading.Event()
-        self._ready = threading.Barrier(threads + 1)
-        self._threads = [threading.Thread(target=self._run, args=(counters,), daemon=True) for _ in range(threads)]
-        for thread in self._threads:
-            thread.start()
-        self._ready.wait()
-
-    def _run(self, counters: List[Any]) -> None:
-        for counter in counters:
-            counter.inc()
-        self._ready.wait()
-        self._release.wait()
-
-    def release(self) -> None:
-        self._release.set()
-        for thread in self._threads:
-            thread.join()
 
 
 def _grid() -> Iterator[Any]:
@@ -67,7 +44,7 @@ def test_scrape(measure: Measure, subjects: Subjects, candidate: str, metrics_co
         target = subjects.scrape_target(candidate, metrics_count)
     except Unavailable as exc:
         unavailable(candidate, str(exc))
-    writers = ParkedWriters(target.counters, threads)
+    writers = ParkedWriters([target.counters], threads)
     try:
         extra = {}
         if candidate in OURS:

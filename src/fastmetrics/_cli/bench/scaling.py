@@ -91,9 +91,10 @@ def _children(library: str, registry: Any, series: int) -> List[Any]:
     return [parent.labels(str(i)) for i in range(series)]
 
 
-class _Parked:
+class ParkedWriters:
     """``threads`` threads that each increment every child of every list once,
-    then wait, alive, until :meth:`release`."""
+    then wait, alive (keeping their shards live), until :meth:`release`.
+    Also used by ``bench/test_bench_scrape.py``."""
 
     def __init__(self, lists: List[List[Any]], threads: int) -> None:
         self._release = threading.Event()
@@ -131,7 +132,7 @@ class _State:
         lists = [_children(lib, self.registries[lib], series) for lib in libraries]
         gc.collect()
         before = rss_kib()
-        self.parked = _Parked(lists, threads)
+        self.parked = ParkedWriters(lists, threads)
         gc.collect()
         after = rss_kib()
         self.rss_added_kib = None if before is None or after is None else after - before
