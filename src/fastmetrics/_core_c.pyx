@@ -13,7 +13,7 @@ from cpython.long cimport PyLong_AsDouble, PyLong_AsSsize_t, PyLong_Check
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_CheckExact
 
-from fastmetrics._fastcall cimport PyMethodDef, fm_bind_method, fm_fastcall_impl
+from fastmetrics._fastcall cimport PyMethodDef, fm_bind_method, fm_fastcall_impl, fm_kwargs_dict, fm_tuple_from_array
 
 
 cdef extern from "_shards.h":
@@ -73,21 +73,9 @@ cdef extern from *:
         Py_INCREF(v);
         PyTuple_SET_ITEM(t, i, v);
     }
-
-    static PyObject *fm_tuple_from_array(PyObject **items, Py_ssize_t n) {
-        Py_ssize_t i;
-        PyObject *t = PyTuple_New(n);
-        if (t == NULL) return NULL;
-        for (i = 0; i < n; i++) {
-            Py_INCREF(items[i]);
-            PyTuple_SET_ITEM(t, i, items[i]);
-        }
-        return t;
-    }
     """
     fm_fastcall_impl fm_labels_impl, fm_inc_impl, fm_state_impl
     PyMethodDef fm_labels_def, fm_inc_def, fm_state_def
-    tuple fm_tuple_from_array(PyObject **items, Py_ssize_t n)
     tuple fm_tuple_new "PyTuple_New" (Py_ssize_t n)
     PyObject *fm_tuple_get "PyTuple_GET_ITEM" (object t, Py_ssize_t i)
     void fm_tuple_set(object t, Py_ssize_t i, object v)
@@ -256,17 +244,7 @@ cdef object _labels_impl(object self, PyObject **args, Py_ssize_t nargs, object 
                     child = fm_dict_get(metric._metrics_map, key)
                     if child is not None:
                         return child
-    return self._labels_slow(fm_tuple_from_array(args, nargs), _kwargs(args + nargs, kwnames))
-
-
-cdef dict _kwargs(PyObject **values, object kwnames):
-    """The keyword arguments of a vectorcall as a dict (empty without keywords)."""
-    cdef Py_ssize_t i
-    kwargs = {}
-    if kwnames is not None:
-        for i in range(len(<tuple>kwnames)):
-            kwargs[(<tuple>kwnames)[i]] = <object>values[i]
-    return kwargs
+    return self._labels_slow(fm_tuple_from_array(args, nargs), fm_kwargs_dict(args + nargs, kwnames))
 
 
 fm_labels_impl = _labels_impl
@@ -407,7 +385,7 @@ cdef object _inc_impl(object self, PyObject **args, Py_ssize_t nargs, object kwn
         if nargs == 1:
             (<CounterCore>self)._add(<object>args[0])
             return None
-    return _core_inc(self, *fm_tuple_from_array(args, nargs), **_kwargs(args + nargs, kwnames))
+    return _core_inc(self, *fm_tuple_from_array(args, nargs), **fm_kwargs_dict(args + nargs, kwnames))
 
 
 fm_inc_impl = _inc_impl
@@ -549,7 +527,7 @@ cdef object _state_impl(object self, PyObject **args, Py_ssize_t nargs, object k
     if kwnames is None and nargs == 1:
         (<EnumCore>self)._set(<object>args[0])
         return None
-    return _core_state(self, *fm_tuple_from_array(args, nargs), **_kwargs(args + nargs, kwnames))
+    return _core_state(self, *fm_tuple_from_array(args, nargs), **fm_kwargs_dict(args + nargs, kwnames))
 
 
 fm_state_impl = _state_impl

@@ -9,7 +9,7 @@ cimport cython
 from cpython.object cimport PyObject
 
 from fastmetrics._core_c cimport CounterCore, EnumCore
-from fastmetrics._fastcall cimport PyMethodDef, fm_bind_method, fm_fastcall_impl
+from fastmetrics._fastcall cimport PyMethodDef, fm_bind_method, fm_fastcall_impl, fm_kwargs_dict, fm_tuple_from_array
 
 
 cdef extern from "_atomics.h":
@@ -23,21 +23,9 @@ cdef extern from *:
         "inc(name, n=1): add n to the counter named name. Lock-free for the built-in names.")
     FM_FASTCALL_METHOD(state, "state",
         "state(state, name='state'): set the enum named name. Lock-free for the built-in names.")
-
-    static PyObject *fm_args_tuple(PyObject **items, Py_ssize_t n) {
-        Py_ssize_t i;
-        PyObject *t = PyTuple_New(n);
-        if (t == NULL) return NULL;
-        for (i = 0; i < n; i++) {
-            Py_INCREF(items[i]);
-            PyTuple_SET_ITEM(t, i, items[i]);
-        }
-        return t;
-    }
     """
     fm_fastcall_impl fm_inc_impl, fm_state_impl
     PyMethodDef fm_inc_def, fm_state_def
-    tuple fm_args_tuple(PyObject **items, Py_ssize_t n)
 
 
 cdef extern from "_pydict.h":
@@ -168,14 +156,6 @@ cdef object _ONE = 1
 cdef object _STATE = "state"
 
 
-cdef dict _kwargs(PyObject **values, object kwnames):
-    cdef Py_ssize_t i
-    kwargs = {}
-    for i in range(len(<tuple>kwnames)):
-        kwargs[(<tuple>kwnames)[i]] = <object>values[i]
-    return kwargs
-
-
 cdef object _inc_impl(object self, PyObject **args, Py_ssize_t nargs, object kwnames):
     """``inc(name, n=1)`` bound to the handler class: positional calls go
     straight to the dispatch; every other call to ``Dispatcher.inc``."""
@@ -186,8 +166,8 @@ cdef object _inc_impl(object self, PyObject **args, Py_ssize_t nargs, object kwn
         if nargs == 2:
             (<Dispatcher>self)._inc(<object>args[0], <object>args[1])
             return None
-        return _core_inc(self, *fm_args_tuple(args, nargs))
-    return _core_inc(self, *fm_args_tuple(args, nargs), **_kwargs(args + nargs, kwnames))
+        return _core_inc(self, *fm_tuple_from_array(args, nargs))
+    return _core_inc(self, *fm_tuple_from_array(args, nargs), **fm_kwargs_dict(args + nargs, kwnames))
 
 
 cdef object _state_impl(object self, PyObject **args, Py_ssize_t nargs, object kwnames):
@@ -199,8 +179,8 @@ cdef object _state_impl(object self, PyObject **args, Py_ssize_t nargs, object k
         if nargs == 2:
             (<Dispatcher>self)._state(<object>args[0], <object>args[1])
             return None
-        return _core_state(self, *fm_args_tuple(args, nargs))
-    return _core_state(self, *fm_args_tuple(args, nargs), **_kwargs(args + nargs, kwnames))
+        return _core_state(self, *fm_tuple_from_array(args, nargs))
+    return _core_state(self, *fm_tuple_from_array(args, nargs), **fm_kwargs_dict(args + nargs, kwnames))
 
 
 fm_inc_impl = _inc_impl

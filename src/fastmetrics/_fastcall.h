@@ -27,6 +27,35 @@ typedef PyObject *(*fm_fastcall_impl)(PyObject *, PyObject **, Py_ssize_t, PyObj
         METH_FASTCALL | METH_KEYWORDS, DOC                                              \
     };
 
+/* A new tuple of the n items (the positional arguments of a fast call, for a
+ * slow path that takes *args); NULL with an exception. */
+static PyObject *fm_tuple_from_array(PyObject **items, Py_ssize_t n) {
+    Py_ssize_t i;
+    PyObject *t = PyTuple_New(n);
+    if (t == NULL) return NULL;
+    for (i = 0; i < n; i++) {
+        Py_INCREF(items[i]);
+        PyTuple_SET_ITEM(t, i, items[i]);
+    }
+    return t;
+}
+
+/* The keyword arguments of a fast call (their values follow the positional
+ * ones; kwnames is the tuple of names, or None) as a new dict; NULL with an
+ * exception. */
+static PyObject *fm_kwargs_dict(PyObject **values, PyObject *kwnames) {
+    Py_ssize_t i;
+    PyObject *d = PyDict_New();
+    if (d == NULL || kwnames == Py_None) return d;
+    for (i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        if (PyDict_SetItem(d, PyTuple_GET_ITEM(kwnames, i), values[i]) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
 /* Install def as a method of type (d_type = type); 0, or -1 with an exception.
  * A Cython cdef class is immutable to setattr: its dict is written directly,
  * at module init, before any instance exists (then PyType_Modified). */

@@ -10,3 +10,5 @@ cdef extern from "_fastcall.h":
     ctypedef struct PyMethodDef:
         pass
     int fm_bind_method(object type, PyMethodDef *method) except -1
+    tuple fm_tuple_from_array(PyObject **items, Py_ssize_t n)
+    dict fm_kwargs_dict(PyObject **values, object kwnames)
