@@ -16,11 +16,14 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, Tuple
 
 import _fmfile as fm
 import pytest
+from _support import skip_or_fail
 from _expose import LOGGER, STATES, assert_counters, bounded, enum_states, expected_count_totals, fm_files
 from _expose import only_file, reasons, scrape, serve, skipped_paths, value, write
 from prometheus_client import CollectorRegistry, generate_latest
@@ -411,14 +414,38 @@ def _opens_mode_000_files(tmp_path: Path) -> bool:
         probe.unlink()
 
 
+_FILE_CAPS = "-dac_override,-dac_read_search"
+_RERUN = "FASTMETRICS_TEST_WITHOUT_FILE_CAPS"
+
+
+def _rerun_without_file_capabilities(request: pytest.FixtureRequest) -> None:
+    """Run this test again in a child pytest without the capabilities that let
+    root open a mode 000 file (``setpriv`` drops them from the bounding and
+    inheritable sets, so the child's exec does not get them); fail if it does
+    not pass there."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        skip_or_fail("an unreadable file needs a process without CAP_DAC_OVERRIDE: "
+                     "install util-linux (setpriv), or run the tests as a user other than root")
+    if os.environ.get(_RERUN):
+        pytest.fail("mode 000 files still open without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH")
+    proc = subprocess.run(
+        [setpriv, "--bounding-set", _FILE_CAPS, "--inh-caps", _FILE_CAPS, sys.executable, "-m", "pytest",
+         "-q", "-p", "no:cacheprovider", request.node.nodeid],
+        cwd=str(request.config.rootpath), env={**os.environ, _RERUN: "1"}, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("kind", ["socket", "symlink-loop", "directory", "unreadable"])
-def test_entries_that_cannot_be_opened_do_not_stop_compaction(mp, kind, tmp_path):
+def test_entries_that_cannot_be_opened_do_not_stop_compaction(mp, kind, tmp_path, request):
     """A socket, a symlink loop, a directory or an unreadable file named
     ``*.fm`` is skipped and reported by scrapes and compaction, and left where
-    it is; the exited worker's file is still folded."""
+    it is; the exited worker's file is still folded.  As root, the unreadable
+    case runs in a child without the capabilities that would read it anyway."""
     if kind == "unreadable" and _opens_mode_000_files(tmp_path):
-        pytest.skip("this process opens mode 000 files (root: run it under "
-                    "capsh --drop=cap_dac_override,cap_dac_read_search)")
+        _rerun_without_file_capabilities(request)
+        return
     mp.run("count", n=20, label="w")
     entry = mp.path / "x.fm"   # short: a socket's path has a length limit
     _make_entry(kind, entry)
