@@ -1,4 +1,5 @@
-# Sourced by scripts/test.sh, scripts/bench.sh and .ci/run (not run directly).
+# Sourced by scripts/test.sh, scripts/bench.sh, scripts/ir_venvs.sh, .ci/run and
+# .ci/pythons.sh (not run directly).
 #
 #   fm_build_dist DIST       sdist + wheel of this tree with `python -m build`
 #                            into DIST (emptied first), `twine check --strict`,
@@ -8,6 +9,8 @@
 #                            a fresh VENV (removed first) with WHEEL[test]
 #                            installed (PIP_ARGS added to that pip install), and
 #                            a check that fastmetrics is imported from VENV
+#   fm_find_python X.Y       the path of a working CPython X.Y (pythonX.Y on
+#                            PATH, else ~/.pyenv/versions/X.Y.*), or status 1
 #
 # build and twine live in their own venv, $FASTMETRICS_TOOLS_VENV (default
 # .venv-tools), made on first use.  PYTHON (default python3) makes the venvs
@@ -42,6 +45,18 @@ fm_build_dist() {
   "$FASTMETRICS_TOOLS_VENV/bin/python" -m twine check --strict "$dist"/*
   "$FASTMETRICS_TOOLS_VENV/bin/python" scripts/check_dist.py "$dist"
   echo "built $(cd "$dist" && echo *) in $((SECONDS - start)) s"
+}
+
+fm_find_python() {
+  local v=$1 candidate
+  # The first candidate that runs (a pyenv shim on PATH may not).
+  for candidate in "$(command -v "python$v" 2>/dev/null || true)" "$HOME"/.pyenv/versions/"$v".*/bin/python"$v"; do
+    if [[ -n $candidate && -x $candidate ]] && "$candidate" -c "import venv" >/dev/null 2>&1; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
 }
 
 fm_wheel() {

@@ -10,24 +10,13 @@
 #   FASTMETRICS_BENCH_IR_PYTHONS=$(bash scripts/ir_venvs.sh dist/*.tar.gz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_dist.sh
 SOURCE=${1:?usage: scripts/ir_venvs.sh SOURCE}
 VERSIONS=${FASTMETRICS_IR_VERSIONS:-3.9 3.10 3.11 3.12 3.13}
 
-# The first candidate that runs (a pyenv shim on PATH may not).
-find_python() {
-  local v=$1 candidate
-  for candidate in "$(command -v "python$v" 2>/dev/null || true)" "$HOME"/.pyenv/versions/"$v".*/bin/python"$v"; do
-    if [[ -n $candidate && -x $candidate ]] && "$candidate" -c "import venv" >/dev/null 2>&1; then
-      echo "$candidate"
-      return 0
-    fi
-  done
-  return 1
-}
-
 pythons=()
 for v in $VERSIONS; do
-  if ! py=$(find_python "$v"); then
+  if ! py=$(fm_find_python "$v"); then
     if [[ ${CI:-} == true ]]; then echo "CI=true: CPython $v not found" >&2; exit 1; fi
     echo "ir_venvs: CPython $v not found, skipped" >&2
     continue
