@@ -488,10 +488,7 @@ cdef class EnumCore(MetricCore):
             raise ValueError(f"{self._type} metric is missing label values")
         for i in range(n if n < 8 else 8):   # interned literals: a pointer compare
             if self._state_ptrs[i] == <PyObject *>state:
-                fm_word_set(self._slot, i)
-                if fm_pf_on:
-                    _pf_enum_hook(self._slot, i)
-                return 0
+                return _store_state(self._slot, i)
         if PyUnicode_CheckExact(state):
             index = fm_dict_get(self._state_index, state)
         else:
@@ -501,10 +498,7 @@ cdef class EnumCore(MetricCore):
                 index = None
         if index is None:
             index = self._states_list.index(state)   # ValueError, worded as upstream
-        fm_word_set(self._slot, PyLong_AsSsize_t(index))
-        if fm_pf_on:
-            _pf_enum_hook(self._slot, index)
-        return 0
+        return _store_state(self._slot, PyLong_AsSsize_t(index))
 
     def state(self, state):
         """Set the current state; ``ValueError`` for an unknown one. Lock-free."""
@@ -516,6 +510,17 @@ cdef class EnumCore(MetricCore):
     def _slot_index(self):
         """This enum's slot (-1 for a labelled parent); multiprocess metadata."""
         return self._slot
+
+
+cdef inline int _store_state(Py_ssize_t slot, Py_ssize_t index) except -1:
+    """Store a validated state index in the enum word of ``slot``; in the
+    prometheus_client-compatible mode, the files too (``_pf_enum_hook``).
+    Every Python-level ``state()`` ends here (``EnumCore._set``: the public
+    classes and the handler); the nogil ``enum_set`` hooks without the GIL."""
+    fm_word_set(slot, index)
+    if fm_pf_on:
+        _pf_enum_hook(slot, index)
+    return 0
 
 
 cdef object _core_state = EnumCore.state
