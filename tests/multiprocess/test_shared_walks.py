@@ -168,6 +168,7 @@ def test_kept_segments_are_bounded(tmp_path, monkeypatch):
         assert first is not None and second is not None and len(kept) == 2
         assert kept.add(mm, 1152, 1664, 1664, 3) is not None
         assert len(kept) == 2 and kept.find(mm, 128, used) is None   # the oldest went
+        assert first.blob == b"" and first.walked == 1   # its bytes too (a layout may still hold it)
         found = kept.find(mm, 640, used)
         assert found is not None and found.walked == 2
         assert kept.find(mm, 640, 1000) is None   # it ends past used

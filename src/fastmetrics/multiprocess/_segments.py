@@ -93,6 +93,10 @@ class Segments(Generic[W]):
     def _forget(self, segment: Segment[W]) -> None:
         self._order.remove(segment)
         self._bytes -= len(segment.blob)
+        # Layouts and plans still hold the segment (as a key, and for its
+        # walk); never compared again, its bytes go now, or they would
+        # outlive MAX_BYTES.
+        segment.blob = b""
         candidates = self._by_start[segment.start]
         candidates.remove(segment)
         if not candidates:
@@ -100,8 +104,3 @@ class Segments(Generic[W]):
 
     def __len__(self) -> int:
         return len(self._order)
-
-    def clear(self) -> None:
-        self._by_start.clear()
-        self._order.clear()
-        self._bytes = 0
