@@ -39,7 +39,7 @@ def _run(work: queue.Queue[Closable]) -> None:
                 os.close(item)
             else:
                 item.close()
-        except (OSError, ValueError, BufferError) as e:
+        except Exception as e:   # logged, and the thread goes on: a dead reaper would hang drain()
             log.warning("fastmetrics: could not close %r: %s", item, e)
         finally:
             work.task_done()
