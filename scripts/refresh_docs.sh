@@ -34,7 +34,8 @@ set -x
 # each with this tree installed (scripts/ir_venvs.sh), counted under callgrind
 # (valgrind needed).
 set +x
-IFS=: read -r -a ir_pythons <<<"$(bash scripts/ir_venvs.sh .)"
+ir_list=$(bash scripts/ir_venvs.sh .)   # its own line: a failure stops here (not inside <<<)
+IFS=: read -r -a ir_pythons <<<"$ir_list"
 ir_args=()
 for p in "${ir_pythons[@]}"; do ir_args+=(--python "$p"); done
 set -x
