@@ -166,7 +166,6 @@ cdef object _inc_impl(object self, PyObject **args, Py_ssize_t nargs, object kwn
         if nargs == 2:
             (<Dispatcher>self)._inc(<object>args[0], <object>args[1])
             return None
-        return _core_inc(self, *fm_tuple_from_array(args, nargs))
     return _core_inc(self, *fm_tuple_from_array(args, nargs), **fm_kwargs_dict(args + nargs, kwnames))
 
 
@@ -179,7 +178,6 @@ cdef object _state_impl(object self, PyObject **args, Py_ssize_t nargs, object k
         if nargs == 2:
             (<Dispatcher>self)._state(<object>args[0], <object>args[1])
             return None
-        return _core_state(self, *fm_tuple_from_array(args, nargs))
     return _core_state(self, *fm_tuple_from_array(args, nargs), **fm_kwargs_dict(args + nargs, kwnames))
 
 
