@@ -719,10 +719,6 @@ def pf_enable(directory):
     _pf_directory = directory
 
 
-def pf_enabled():
-    return bool(fm_pf_on)
-
-
 def _pf_no_enum_hook(slot, index):
     raise RuntimeError("fastmetrics: no enum writer for the prometheus_client-compatible mode")
 

@@ -189,10 +189,6 @@ def pf_enable(directory: str) -> None:
         _promfile_on = True
 
 
-def pf_enabled() -> bool:
-    return _promfile_on
-
-
 def _pf_no_enum_hook(slot: int, index: int) -> None:
     raise RuntimeError("fastmetrics: no enum writer for the prometheus_client-compatible mode")
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from . import _fork
 
-__all__ = ["COUNTER", "GAUGE_MOSTRECENT", "EnumSeries", "enable", "enabled", "file_count", "fold", "set_key",
+__all__ = ["COUNTER", "GAUGE_MOSTRECENT", "EnumSeries", "enable", "file_count", "fold", "set_key",
            "store_add", "touch", "zero"]
 
 COUNTER = "counter"
@@ -229,10 +229,6 @@ def enable(directory: str) -> None:
     """Write to prometheus_client's files in ``directory`` from now on."""
     global _directory
     _directory = directory
-
-
-def enabled() -> bool:
-    return _directory is not None
 
 
 def set_key(slot: int, key: bytes) -> None:

@@ -190,10 +190,10 @@ def handler_class_for(core: ModuleType) -> type:
 
             # The base is the dispatcher chosen at run time (C or twin): type checkers see
             # the TYPE_CHECKING class below instead.
-            dispatcher: type = _core.dispatch_for(core).Dispatcher
+            dispatch = _core.dispatch_for(core)
+            dispatcher: type = dispatch.Dispatcher
 
-            class OpenCTIMetricHandler(_core.dispatch_for(core).Dispatcher,  # type: ignore[misc]  # run-time base
-                                       _HandlerAPI):
+            class OpenCTIMetricHandler(dispatcher, _HandlerAPI):  # type: ignore[misc]  # run-time base
                 # Every attribute pycti's handler has, in a slot: the core's
                 # instance dict stays empty, so CPython 3.12+ specialises
                 # ``handler.inc`` (see fastmetrics._core_c.pxd).
@@ -204,7 +204,7 @@ def handler_class_for(core: ModuleType) -> type:
                 _counter_class = counter
                 _enum_class = enum
 
-            _core.dispatch_for(core).bind_hot_methods(OpenCTIMetricHandler)
+            dispatch.bind_hot_methods(OpenCTIMetricHandler)
             cls = _handler_classes[core.implementation] = OpenCTIMetricHandler
         return cls
 

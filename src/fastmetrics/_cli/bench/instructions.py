@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .docs import update_file
+from .subjects import FLOOR, FM_C, FM_PY, PROM, PYCTI, FloorMetric, NullLogger, Subjects, load_pycti_handler_module
 
 #: The function whose every call makes callgrind dump its counters.
 MARKER = "os_getppid"
@@ -70,7 +71,6 @@ class IrOp:
     unroll: int = 20
 
 
-FLOOR, FM_C, FM_PY, PROM, PYCTI = "floor", "fastmetrics_c", "fastmetrics_py", "prometheus_client", "pycti"
 _METRIC = (FLOOR, FM_C, PROM)
 _HANDLER = (FLOOR, FM_C, PYCTI)
 
@@ -101,7 +101,6 @@ _handlers: Dict[str, Any] = {}   # one per candidate: they register in the defau
 
 
 def _subject(subjects: Any, name: str, candidate: str) -> Any:
-    from .subjects import FloorMetric
 
     if name == "parent2":
         if candidate == FLOOR:
@@ -122,7 +121,6 @@ def _subject(subjects: Any, name: str, candidate: str) -> Any:
 def _handler(subjects: Any, candidate: str) -> Any:
     """An activated handler of ``candidate`` whose constructor starts no HTTP
     server (its module's ``start_http_server`` is a no-op meanwhile)."""
-    from .subjects import NullLogger
 
     if candidate == FLOOR:
         return subjects.handler(FLOOR, True)
@@ -140,7 +138,6 @@ def _handler(subjects: Any, candidate: str) -> Any:
 
 
 def _probe_subjects(pycti_file: Optional[str]) -> Any:
-    from .subjects import Subjects, load_pycti_handler_module
 
     subjects = Subjects()
     if pycti_file:
