@@ -190,6 +190,13 @@ def _download_pycti_file(cache_dir: Path) -> Path:
     return target
 
 
+def pycti_cache_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where pycti's handler is downloaded once: pytest's cache (kept between
+    runs), or a temporary directory under ``-p no:cacheprovider``."""
+    cache = getattr(pytestconfig, "cache", None)
+    return Path(cache.mkdir("fastmetrics-bench-pycti")) if cache else tmp_path_factory.mktemp("pycti")
+
+
 def pycti_module(cache_dir: Path) -> Tuple[Any, str]:
     """``(module, path)`` of pycti's real handler module, or ``(None, reason)``.
 

@@ -58,7 +58,7 @@ if str(HERE) not in sys.path:  # so the helper modules import under any --import
 
 import _gates  # noqa: E402
 import _report  # noqa: E402
-from _harness import Measure, Settings, env_flag, in_ci, pycti_module, unavailable  # noqa: E402
+from _harness import Measure, Settings, env_flag, in_ci, pycti_cache_dir, pycti_module, unavailable  # noqa: E402
 
 DEFAULT_PHASE = 10
 
@@ -150,9 +150,7 @@ def subjects(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFacto
     handler per candidate, see ``fastmetrics._cli.bench.subjects.Subjects.handler``)."""
 
     def load_pycti() -> Tuple[Any, str]:  # only when a pycti case runs
-        cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
-        cache_dir = Path(cache.mkdir("fastmetrics-bench-pycti")) if cache else tmp_path_factory.mktemp("pycti")
-        return pycti_module(cache_dir)
+        return pycti_module(pycti_cache_dir(pytestconfig, tmp_path_factory))
 
     return Subjects(pycti_loader=load_pycti)
 

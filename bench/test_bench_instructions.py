@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import _gates  # type: ignore[import-not-found]
 import pytest
-from _harness import in_ci, pycti_module  # type: ignore[import-not-found]
+from _harness import in_ci, pycti_cache_dir, pycti_module  # type: ignore[import-not-found]
 
 from fastmetrics._cli.bench import instructions
 
@@ -41,9 +41,7 @@ def test_instruction_gates(python: str, pytestconfig: pytest.Config,
         if in_ci():
             pytest.fail("CI=true: valgrind is needed for the instruction-count gates")
         pytest.skip("valgrind not installed")
-    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
-    cache_dir = Path(cache.mkdir("fastmetrics-bench-pycti")) if cache else tmp_path_factory.mktemp("pycti")
-    module, where = pycti_module(cache_dir)
+    module, where = pycti_module(pycti_cache_dir(pytestconfig, tmp_path_factory))
     pycti_file = where if module is not None else None
     if pycti_file is None and in_ci():
         pytest.fail(f"CI=true: {where}")

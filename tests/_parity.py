@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
 
 _CREATED = re.compile(r"^([^\s{]+_created(?:\{.*\})?) \S+$", re.M)
 _EXEMPLAR_TS = re.compile(r"( # \{.*\} \S+) \S+$", re.M)
@@ -18,6 +19,17 @@ def normalise(text: bytes) -> str:
     (they are wall-clock times, the only bytes allowed to differ)."""
     out = _CREATED.sub(r"\1 <created>", text.decode("utf-8"))
     return _EXEMPLAR_TS.sub(r"\1 <ts>", out)
+
+
+def canonical(text: str) -> List[Tuple[str, str, str, List[Tuple[str, Tuple[Tuple[str, str], ...], float]]]]:
+    """The families of an exposition, order-free: prometheus_client's
+    multiprocess collector orders them (and their samples) by the files
+    ``glob`` returns."""
+    families = []
+    for f in text_string_to_metric_families(text):
+        samples = sorted((s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples)
+        families.append((f.name, f.documentation, f.type, samples))
+    return sorted(families)
 
 
 def expositions(registry: CollectorRegistry) -> Tuple[str, str]:

@@ -16,6 +16,7 @@ import it: it gets what it needs through its environment (:meth:`Impl.env`).
   (``.ci/sanitizers.sh``) and the fork() tests it cannot run.
 - :func:`in_forked_child`: run a function in a forked child and get its
   report back, failing on a crash or a deadlock.
+- :func:`bench_gates`: ``bench/_gates.py``, the benchmark gates' code.
 - :data:`PYCTI_VERSION`: the pycti the differential tests run against (also
   pinned in ``.ci/pycti-venv.sh``; ``test_support.py`` keeps them equal).
 """
@@ -23,10 +24,12 @@ import it: it gets what it needs through its environment (:meth:`Impl.env`).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -41,7 +44,7 @@ from fastmetrics import _core, metrics, opencti
 from fastmetrics._core import _env_flag as env_flag
 from fastmetrics.multiprocess import ENV_CAPACITY, ENV_DIR
 
-__all__ = ["IMPL_PARAMS", "NO_EXTENSIONS", "PYCTI_VERSION", "ROOT", "Impl", "clean_env", "env_flag",
+__all__ = ["IMPL_PARAMS", "NO_EXTENSIONS", "PYCTI_VERSION", "ROOT", "Impl", "bench_gates", "clean_env", "env_flag",
            "extensions_disabled", "fork_with_threads", "free_port", "in_ci", "in_forked_child", "load", "package_env",
            "skip_or_fail", "under_asan"]
 
@@ -90,7 +93,8 @@ fork_with_threads = pytest.mark.skipif(
 
 def in_forked_child(child: Callable[[], Dict[str, Any]], timeout: float = 30.0) -> Dict[str, Any]:
     """Fork; in the child (where only this thread exists) run ``child`` and
-    send its JSON-able report back through a pipe.  The report, or fail the
+    send its small JSON-able report back through a pipe (read once the child
+    has exited: it must fit the pipe buffer).  The report, or fail the
     test if the child raised, died or did not exit within ``timeout`` s (it is
     killed: a deadlock fails the test instead of hanging the suite)."""
     read_fd, write_fd = os.pipe()
@@ -122,6 +126,19 @@ def in_forked_child(child: Callable[[], Dict[str, Any]], timeout: float = 30.0) 
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed (wait status {status})"
     report: Dict[str, Any] = json.loads(data)
     return report
+
+
+@functools.cache
+def bench_gates() -> ModuleType:
+    """``bench/_gates.py`` (gate files and their arithmetic), loaded by path:
+    ``bench/`` is not a package."""
+    name = "fm_bench_gates"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "_gates.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def extensions_disabled() -> bool:

@@ -14,15 +14,14 @@ asserted: this file is the README test command's check of the gate machinery
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Optional
 
 import pytest
+from _support import bench_gates
 
 import fastmetrics
 
@@ -90,18 +89,6 @@ def test_control_gate_with_no_free_core_is_inconclusive_and_passes_the_run(tmp_p
 # -- the control's arithmetic, on made-up samples ------------------------------------
 
 
-def _gates_module() -> ModuleType:
-    """``bench/_gates.py``, loaded by path (bench/ is not a package)."""
-    name = "fm_bench_gates"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "_gates.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def _samples(**ratios_per_rep: list) -> dict:
     """``name=[t1/t2 per rep]`` -> samples of ``name.t1`` and ``name.t2`` (t2 = 1 s/op)."""
     samples: dict = {}
@@ -118,7 +105,7 @@ CONTENDS = ('[[gate]]\ncheck = "shared.t1 / shared.t2 <= 1.3"\ncontrol = "ctl.t1
 
 
 def _evaluate(tmp_path: Path, text: str, samples: dict):
-    g = _gates_module()
+    g = bench_gates()
     path = tmp_path / "gates.toml"
     path.write_text(text)
     (outcome,) = g.evaluate(g.load(str(path)), samples)
@@ -175,7 +162,7 @@ def test_gate_without_control_data_is_not_run(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_control_is_a_gate_file_error(tmp_path: Path, extra: str, message: str) -> None:
-    g = _gates_module()
+    g = bench_gates()
     path = tmp_path / "gates.toml"
     path.write_text(f'[[gate]]\ncheck = "fm.t1 / fm.t2 >= 1.4"\n{extra}')
     with pytest.raises(g.GateFileError, match=message):
@@ -183,7 +170,7 @@ def test_malformed_control_is_a_gate_file_error(tmp_path: Path, extra: str, mess
 
 
 def test_shipped_gates_normalise_every_thread_scaling_gate() -> None:
-    g = _gates_module()
+    g = bench_gates()
     gates = g.load(str(ROOT / "bench" / "gates.toml"))
     scaling = [gate for gate in gates if gate.numerator.endswith(".t1") and gate.denominator.endswith(".t2")]
     assert len(scaling) == 3, scaling  # Enum.state on 2 threads, nogil counter_add, the shared-word contrast
@@ -199,7 +186,7 @@ def test_docs_gates_table_is_every_gate_of_gates_toml() -> None:
         pytest.skip("docs/ is not in the sdist")
     from fastmetrics._cli.bench.docs import block_content
 
-    g = _gates_module()
+    g = bench_gates()
     gates = g.load(str(ROOT / "bench" / "gates.toml"))
     expected = g.markdown_table(gates)
     shown = block_content(docs_path.read_text(encoding="utf-8"), g.DOCS_BLOCK, g.DOCS_PREFIX, str(docs_path))
@@ -212,7 +199,7 @@ def test_docs_gates_table_is_every_gate_of_gates_toml() -> None:
 
 
 def test_gates_update_docs_writes_the_table_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    g = _gates_module()
+    g = bench_gates()
     gates = tmp_path / "gates.toml"
     gates.write_text(SCALES + '[[gate]]\ncheck = "a.x / b.x <= 1.5"\nwhy = "a | b"\n')
     doc = tmp_path / "doc.md"

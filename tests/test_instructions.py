@@ -6,32 +6,22 @@ beyond what holds on any machine (the gates themselves are the bench command's).
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from _support import under_asan
+from _support import bench_gates, under_asan
 
 from fastmetrics._cli.bench import instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _gates_module():
-    spec = importlib.util.spec_from_file_location("_fm_ir_gates", ROOT / "bench" / "_gates.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gates_name_only_measured_keys():
     measured = {f"{c}.{op.key}" for op in instructions.IR_OPS for c in op.candidates}
     measured |= {f"{c}.child.bytes" for c in (instructions.FM_C, instructions.PROM)}
-    gates = _gates_module().load(str(ROOT / "bench" / "instructions.toml"))
+    gates = bench_gates().load(str(ROOT / "bench" / "instructions.toml"))
     assert gates
     for gate in gates:
         assert gate.numerator in measured and gate.denominator in measured, gate.check

@@ -16,14 +16,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import List, Set, Tuple
+from typing import Set
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from _servers import ServerProcess, http_get, wait_until
+from _parity import canonical
 from _support import Impl, free_port, package_env
-from test_gunicorn import require_gunicorn
+from test_gunicorn import alive, require_gunicorn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs POSIX")]
 
@@ -36,22 +36,6 @@ from prometheus_client import multiprocess
 def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 """
-
-
-def canonical(text: str) -> List[Tuple[str, str, str, List[Tuple[str, Tuple[Tuple[str, str], ...], float]]]]:
-    families = []
-    for f in text_string_to_metric_families(text):
-        samples = sorted((s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples)
-        families.append((f.name, f.documentation, f.type, samples))
-    return sorted(families)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def run(lib: str, impl: Impl, tmp_path: Path) -> str:

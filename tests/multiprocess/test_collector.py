@@ -4,9 +4,11 @@ lock it cannot take."""
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional
 
 import pytest
+from _support import in_forked_child
 from _expose import Labels, bounded, enum_states, expected_count_totals, fm_files, scrape, serve, skipped_paths
 from _expose import assert_counters, value
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
@@ -178,24 +180,15 @@ def test_a_new_collector_per_scrape_reparses_nothing(mp, monkeypatch):
     assert calls["walk"] == 2   # the new archive only
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_child_scrapes_while_the_parent_holds_the_shared_reader(mp):
     """The shared reader's lock is held by a parent's scrape at fork(): the
     child's collectors do not wait for it (they start without shared readers)."""
-    import os
-
     from fastmetrics.multiprocess import _shared
 
     mp.run("count", n=3, label="w")
     _, lock = _shared.reader_for(str(mp.path))
     with lock:   # a scrape in progress in the parent
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                _, text = bounded(lambda: scrape(mp.path, compact=False))
-                code = 0 if "mp_ops_total" in text else 2
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        report = in_forked_child(lambda: {"ok": "mp_ops_total" in bounded(lambda: scrape(mp.path, compact=False))[1]},
+                                 timeout=90)   # past bounded()'s own deadline
+    assert report == {"ok": True}

@@ -35,7 +35,9 @@ from typing import Dict, List, Tuple
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _support import Impl, package_env
+from _expose import samples
+from _parity import canonical
+from _support import Impl, free_port, package_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -51,16 +53,6 @@ def run(impl: Impl, code: str, directory: Path, **env: str) -> str:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
-
-
-def canonical(text: str) -> List[Tuple[str, str, str, List[Tuple[str, Tuple[Tuple[str, str], ...], float]]]]:
-    """The families of an exposition, order-free: prometheus_client's
-    collector orders them (and their samples) by the files ``glob`` returns."""
-    families = []
-    for f in text_string_to_metric_families(text):
-        samples = sorted((s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples)
-        families.append((f.name, f.documentation, f.type, samples))
-    return sorted(families)
 
 
 def scenario(lib: str, impl: Impl, directory: Path) -> Tuple[str, List[str], Dict[str, float]]:
@@ -348,8 +340,6 @@ def test_enabling_fastmetrics_own_mode_too_is_refused(impl: Impl, tmp_path: Path
 def test_opencti_handler_counts_and_states_reach_the_files(impl: Impl, tmp_path: Path) -> None:
     """The handler's dispatcher stores through the core directly (no Python
     ``state()`` call): its counters and its enum still reach the files."""
-    from _support import free_port
-
     out = run(impl, """
         import logging, os
         from fastmetrics import OpenCTIMetricHandler
@@ -363,11 +353,10 @@ def test_opencti_handler_counts_and_states_reach_the_files(impl: Impl, tmp_path:
         MultiProcessCollector(registry)
         print(generate_latest(registry).decode())
         """, tmp_path, PORT=str(free_port()))
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(out) for s in f.samples}
-    assert samples[("bundles_sent_total", ())] == 3.0
-    assert samples[("state", (("state", "running"),))] == 1.0
-    assert samples[("state", (("state", "idle"),))] == 0.0
+    got = samples(out)
+    assert got[("bundles_sent_total", ())] == 3.0
+    assert got[("state", (("state", "running"),))] == 1.0
+    assert got[("state", (("state", "idle"),))] == 0.0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs mount: Linux")

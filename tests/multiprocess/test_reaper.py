@@ -6,8 +6,10 @@ from __future__ import annotations
 import mmap
 import os
 from pathlib import Path
+from typing import Dict
 
 import pytest
+from _support import in_forked_child
 
 from fastmetrics.multiprocess import _reaper
 
@@ -48,18 +50,15 @@ def test_an_error_is_logged_and_the_rest_still_closed(tmp_path: Path, caplog: py
 def test_a_fork_child_has_its_own_reaper(tmp_path: Path) -> None:
     _reaper.release(os.open(tmp_path, os.O_RDONLY))
     _reaper.drain()   # the parent's thread exists now
-    pid = os.fork()
-    if pid == 0:
-        code = 1
+
+    def child() -> Dict[str, bool]:
+        fd = os.open(tmp_path, os.O_RDONLY)
+        _reaper.release(fd)
+        _reaper.drain()   # would wait forever on the parent's (absent) thread
         try:
-            fd = os.open(tmp_path, os.O_RDONLY)
-            _reaper.release(fd)
-            _reaper.drain()   # would wait forever on the parent's (absent) thread
-            try:
-                os.fstat(fd)
-            except OSError:
-                code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            os.fstat(fd)
+        except OSError:
+            return {"closed": True}
+        return {"closed": False}
+
+    assert in_forked_child(child) == {"closed": True}
